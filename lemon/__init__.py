@@ -1,0 +1,21 @@
+"""lemon: lossless model expansion (LEMON, ICLR 2024) for transformers models.
+
+``import lemon`` is light: torch and transformers load on first use of the API.
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+_API = {
+    "expand": "lemon.model", "expand_plan": "lemon.model",
+    "available_backends": "lemon.backends", "verify": "lemon.verify",
+}
+__all__ = sorted(_API) + ["__version__"]
+
+
+def __getattr__(name: str):
+    if name in _API:
+        import importlib
+
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'lemon' has no attribute {name!r}")

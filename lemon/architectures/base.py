@@ -1,0 +1,124 @@
+"""What a model-family adapter is: a table of parameter-name patterns -> roles.
+
+A *role* names, for each axis of a parameter's 2-D view (see :mod:`lemon.plan`),
+which index space it lives in; :mod:`lemon.rules` turns (role, sizes) into a plan.
+
+Axis kinds:
+  keep         untouched (vocabulary, positions, token types, labels, patch pixels)
+  stream       the residual stream as written by a layer or embedding (family's form)
+  stream_zero  a hidden-size vector in V_zero form (norm biases, pooler outputs)
+  norm         a norm's gain: circular, scaled by eta
+  stream_in    fan-in from a V_zero hidden vector: column blocks split the weight
+  heads / heads_in   query-head elements, produced / consumed (split)
+  kv           key/value-head elements
+  qkv          fused [q; k; v] (GPT-2's c_attn)
+  ffn / ffn_in MLP neurons, produced / consumed (split)
+
+Tags say what else a parameter is, where a rule depends on it:
+  writer      writes into the residual stream (zeroed with cancelling noise in inserted layers)
+  attn_norm / ffn_norm   post-norm layer norms LN_A / LN_F (moved around by post-norm depth)
+  final_norm  the norm before a tied output head (scaled by 1/k)
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+SIZE_NAMES = ("hidden_size", "intermediate_size", "num_attention_heads",
+              "num_key_value_heads", "num_hidden_layers")
+AXIS_KINDS = ("keep", "stream", "stream_zero", "norm", "stream_in", "heads", "heads_in",
+              "kv", "qkv", "ffn", "ffn_in")
+SPLIT_KINDS = ("stream_in", "heads_in", "ffn_in")
+TAGS = ("", "writer", "attn_norm", "ffn_norm", "final_norm")
+
+
+@dataclass(frozen=True)
+class Role:
+    axes: tuple[str, str]
+    split: int = 1  # leading stored dims that form view axis 0
+    tag: str = ""
+
+    def __post_init__(self):
+        assert all(a in AXIS_KINDS for a in self.axes), self.axes
+        assert sum(a in SPLIT_KINDS for a in self.axes) <= 1, "one split axis at most"
+        assert self.tag in TAGS, self.tag
+
+
+def matrix(rows: str, cols: str, tag: str = "") -> Role:
+    return Role((rows, cols), 1, tag)
+
+
+def vector(kind: str, tag: str = "") -> Role:
+    return Role(("keep", kind), 0, tag)
+
+
+def layer_norm(tag: str = "") -> dict[str, Role]:
+    """A LayerNorm's gain and bias (input V_avg, output V_zero)."""
+    return {"weight": vector("norm", tag), "bias": vector("stream_zero", tag)}
+
+
+def linear(rows: str, cols: str, tag: str = "", bias: bool = True) -> dict[str, Role]:
+    """An nn.Linear (weight [out, in]) and its bias along the output axis."""
+    roles = {"weight": matrix(rows, cols, tag)}
+    if bias:
+        roles["bias"] = vector(rows, tag)
+    return roles
+
+
+def conv1d(rows: str, cols: str, tag: str = "") -> dict[str, Role]:
+    """GPT-2's Conv1D stores the weight as [in, out]: a Linear's rows are its columns."""
+    return {"weight": matrix(cols, rows, tag), "bias": vector(rows, tag)}
+
+
+def flatten(prefixes: dict[str, dict[str, Role] | Role]) -> dict[str, Role]:
+    out = {}
+    for prefix, roles in prefixes.items():
+        if isinstance(roles, Role):
+            out[prefix] = roles
+        else:
+            out.update({f"{prefix}.{leaf}": role for leaf, role in roles.items()})
+    return out
+
+
+@dataclass(frozen=True)
+class Family:
+    """A model family as data: how its names, sizes and norms look."""
+
+    name: str
+    description: str
+    model_types: tuple[str, ...]  # transformers config.model_type values
+    norm: str  # "layernorm" | "rmsnorm"
+    post_norm: bool
+    layer_pattern: str  # regex; group 1 is the layer index, the rest of the name follows
+    layer_params: dict[str, Role]
+    global_params: dict[str, Role]
+    config_fields: dict[str, str | None]  # size name -> config attribute (None: not configurable)
+    eps_field: str
+    head_dim_field: str | None = None  # config attribute that decouples head_dim from hidden_size
+    inputs: str = "tokens"  # "tokens" | "pixels": what a random test input is
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def stream_form(self) -> str:
+        # RMSNorm is not lossless on a V_avg stream (the residue shifts the mean square): V_zero.
+        return "zero" if self.norm == "rmsnorm" else "avg"
+
+    @property
+    def has_gqa(self) -> bool:
+        return self.config_fields.get("num_key_value_heads") is not None
+
+    def match_layer(self, name: str) -> re.Match | None:
+        return re.search(self.layer_pattern, name)
+
+    def role(self, name: str) -> tuple[Role, int | None, re.Match | None]:
+        """(role, layer index or None, layer match) of a parameter name; KeyError if unknown."""
+        match = self.match_layer(name)
+        if match:
+            rest = name[match.end():]
+            if rest in self.layer_params:
+                return self.layer_params[rest], int(match.group(1)), match
+        else:
+            for pattern, role in self.global_params.items():
+                if name == pattern or name.endswith("." + pattern):
+                    return role, None, None
+        raise KeyError(name)

@@ -1,0 +1,102 @@
+"""Expand a transformers model: build the target without initializing it, fill it tensor by tensor."""
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+from .backends import executor
+from .plan import ExpansionPlan
+from .rules import plan_expansion
+
+
+def expand_plan(model: torch.nn.Module, **kwargs) -> ExpansionPlan:
+    """The plan :func:`expand` would carry out, without moving a byte: target sizes and config,
+    and per target parameter which source rows and columns it comes from
+    (``plan[name].axes``), which elements are new (``plan[name].new_mask()``), which layers
+    are inserted; ``plan.manifest()`` is the JSON-able summary. Same arguments as :func:`expand`
+    less ``backend``."""
+    return plan_expansion(model, **kwargs)
+
+
+def expand(model: torch.nn.Module, *, hidden_size: int | None = None,
+           intermediate_size: int | None = None, num_attention_heads: int | None = None,
+           num_key_value_heads: int | None = None, num_hidden_layers: int | None = None,
+           layer_positions: list[int] | None = None, seed: int = 0,
+           noise_std: float | None = None, backend: str = "auto",
+           progress: bool | None = None) -> torch.nn.Module:
+    """A larger model of the same class that computes the same function as ``model``.
+
+    Sizes left as None stay as they are (the number of heads follows ``hidden_size``, head
+    dimension fixed). ``layer_positions`` are the target indices of new layers (default:
+    spread evenly). ``noise_std`` is the symmetry-breaking scale (None: the config's
+    ``initializer_range``; 0: plain copies). ``seed`` keys the counter-based noise, so the
+    same call gives bit-identical weights. ``model`` is left untouched; the result has the
+    source's dtype, device and train/eval mode, and its ``config`` has the new sizes.
+    """
+    plan = plan_expansion(model, hidden_size=hidden_size, intermediate_size=intermediate_size,
+                          num_attention_heads=num_attention_heads,
+                          num_key_value_heads=num_key_value_heads,
+                          num_hidden_layers=num_hidden_layers, layer_positions=layer_positions,
+                          seed=seed, noise_std=noise_std)
+    return build(model, plan, backend=backend, progress=progress)
+
+
+def build(model: torch.nn.Module, plan: ExpansionPlan, backend: str = "auto",
+          progress: bool | None = None) -> torch.nn.Module:
+    """Carry out ``plan`` on ``model``'s weights into a new model of the same class."""
+    sources = dict(model.named_parameters(remove_duplicate=False))
+    device = next(iter(sources.values())).device
+    run = executor(backend, device)
+    with torch.device("meta"):
+        # a random init of the large model would cost more than the expansion: build it empty
+        target = type(model)(plan.config)
+
+    meta_params = dict(target.named_parameters(remove_duplicate=False))
+    missing = set(meta_params) - set(plan.tensors) - set(plan.tied)
+    if missing:
+        raise RuntimeError(f"the expanded {type(target).__name__} has parameters the plan does not make: "
+                           f"{sorted(missing)[:5]}")
+    made: dict[int, torch.nn.Parameter] = {}  # id of a meta Parameter -> its filled Parameter
+    for name in tqdm(plan.tensors, desc="lemon: expanding", unit="tensor",
+                     disable=None if progress is None else not progress):
+        tensor_plan = plan.tensors[name]
+        source = sources[tensor_plan.source].detach()
+        meta = meta_params[name]
+        if tuple(meta.shape) != tensor_plan.shape:
+            raise RuntimeError(f"{name}: the plan makes shape {tensor_plan.shape}, the target "
+                               f"model expects {tuple(meta.shape)}")
+        param = torch.nn.Parameter(run(tensor_plan, source), requires_grad=source.requires_grad)
+        made[id(meta)] = param
+    for name, meta in meta_params.items():
+        _set(target, name, made[id(meta)])  # tied names share one meta Parameter, hence one result
+
+    source_buffers = dict(model.named_buffers(remove_duplicate=False))
+    for name, meta in target.named_buffers(remove_duplicate=False):
+        source_name = _source_layer_name(plan, model, name)
+        buffer = source_buffers.get(source_name)
+        if buffer is None or buffer.shape != meta.shape:
+            raise RuntimeError(f"cannot fill buffer {name} of the expanded model from the source "
+                               f"({source_name}: {None if buffer is None else tuple(buffer.shape)})")
+        _set(target, name, buffer.clone(), buffer=True)
+    target.train(model.training)
+    target.lemon_layers = plan.layers  # lets lemon.verify line up layers after custom positions
+    return target
+
+
+def _source_layer_name(plan: ExpansionPlan, model, name: str) -> str:
+    from .architectures import find_family
+
+    match = find_family(model.config).match_layer(name)
+    if not match:
+        return name
+    source_layer = plan.layers[int(match.group(1))][0]
+    return name[: match.start(1)] + str(source_layer) + name[match.end(1):]
+
+
+def _set(module: torch.nn.Module, name: str, value: torch.Tensor, buffer: bool = False) -> None:
+    owner_name, _, leaf = name.rpartition(".")
+    owner = module.get_submodule(owner_name) if owner_name else module
+    if buffer:
+        owner._buffers[leaf] = value
+    else:
+        setattr(owner, leaf, value)

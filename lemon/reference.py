@@ -1,0 +1,111 @@
+"""The reference executor: a plan carried out with plain PyTorch indexing.
+
+It is the oracle every other executor is tested against, and the CPU fallback.
+It works through the plan's window in chunks along the axis that carries no
+noise, so its temporaries stay bounded (~``CHUNK_ELEMENTS`` elements) whatever
+the tensor size, and it writes each output element once.
+"""
+from __future__ import annotations
+
+import torch
+
+from .noise import standard_noise
+from .plan import MEAN, ONE, ZERO, TensorPlan
+
+CHUNK_ELEMENTS = 1 << 22
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _extended_source(source_view: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The source view with a MEAN, a ONE and a ZERO row and column appended, so that
+    every plan index (special or not) is a plain gather."""
+    rows, cols = source_view.shape
+    ext = torch.empty(rows + 3, cols + 3, dtype=dtype)
+    ext[:rows, :cols] = source_view
+    ext[:rows, cols] = ext[:rows, :cols].mean(1)
+    ext[rows, : cols + 1] = ext[:rows, : cols + 1].mean(0)
+    ext[rows + 1, :] = 1
+    ext[:, cols + 1] = 1
+    ext[rows + 2, :] = 0  # ZERO wins over ONE and MEAN
+    ext[:, cols + 2] = 0
+    return ext
+
+
+def _gather_index(source: torch.Tensor, n_source: int) -> torch.Tensor:
+    index = source.clone()
+    index[source == MEAN] = n_source
+    index[source == ONE] = n_source + 1
+    index[source == ZERO] = n_source + 2
+    return index
+
+
+def _noise(plan: TensorPlan, rows: torch.Tensor, cols: torch.Tensor, dtype) -> torch.Tensor:
+    """Noise for the output view elements rows x cols (global indices), in view layout."""
+    axis = plan.noise_axis
+    n_cols = plan.view_shape[1]
+    along, other = (rows, cols) if axis == 0 else (cols, rows)
+    noise_map, other_map = plan.axes[axis].source, plan.axes[1 - axis].source
+
+    def draw(along_idx: torch.Tensor) -> torch.Tensor:  # [len(other), *along_idx.shape]
+        a = along_idx.unsqueeze(0)
+        o = other.reshape(-1, *([1] * along_idx.dim()))
+        linear = a * n_cols + o if axis == 0 else o * n_cols + a
+        return standard_noise(plan.noise_key, linear).to(dtype) * plan.noise_std
+
+    group_of, members = plan.axes[axis].replica_groups
+    value = draw(along)
+    groups = group_of[along]
+    sourced = groups >= 0
+    if sourced.any():
+        # zero-sum: subtract the group mean, accumulated in ascending member order
+        member_idx = members[groups[sourced]]  # [n, M], -1 padded
+        total = torch.zeros(other.numel(), member_idx.shape[0], dtype=dtype)
+        count = (member_idx >= 0).sum(1).to(dtype)
+        for m in range(member_idx.shape[1]):
+            col = member_idx[:, m]
+            total += torch.where(col >= 0, draw(col.clamp(min=0)), torch.zeros((), dtype=dtype))
+        value[:, sourced] -= total / count
+    value[other_map[other] == ZERO] = 0
+    return value if axis == 1 else value.T
+
+
+def execute(plan: TensorPlan, source: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Fill ``out`` (allocated if None: the plan's window, in the source's dtype and view layout
+    reshaped to the stored shape when the window is the whole tensor) from ``source``."""
+    if tuple(source.shape) != tuple(plan.source_shape):
+        raise ValueError(f"{plan.name}: source {plan.source} has shape {tuple(source.shape)}, "
+                         f"the plan expects {tuple(plan.source_shape)}")
+    (r0, r1), (c0, c1) = plan.block
+    whole = plan.window is None or plan.block == ((0, plan.view_shape[0]), (0, plan.view_shape[1]))
+    if out is None:
+        out = torch.empty(plan.shape if whole else (r1 - r0, c1 - c0), dtype=source.dtype)
+    out_view = out.view(r1 - r0, c1 - c0)
+    dtype = compute_dtype(source.dtype)
+    ext = _extended_source(source.reshape(plan.source_view_shape), dtype)
+    n_rows, n_cols = plan.source_view_shape
+    row_index = _gather_index(plan.axes[0].source[r0:r1], n_rows)
+    col_index = _gather_index(plan.axes[1].source[c0:c1], n_cols)
+    row_scale, col_scale = (a.scale for a in plan.axes)
+
+    # chunk along the axis without noise, so each chunk sees whole replica groups
+    chunk_axis = 0 if plan.noise_axis in (None, 1) else 1
+    length = (r1 - r0, c1 - c0)
+    step = max(1, CHUNK_ELEMENTS // max(1, length[1 - chunk_axis]))
+    for start in range(0, length[chunk_axis], step):
+        stop = min(start + step, length[chunk_axis])
+        rs = slice(start, stop) if chunk_axis == 0 else slice(None)
+        cs = slice(start, stop) if chunk_axis == 1 else slice(None)
+        block = ext.index_select(0, row_index[rs]).index_select(1, col_index[cs])
+        if row_scale is not None:
+            block *= row_scale[r0:r1][rs].to(dtype)[:, None]
+        if col_scale is not None:
+            block *= col_scale[c0:c1][cs].to(dtype)[None, :]
+        if plan.has_noise:
+            rows = torch.arange(r0, r1)[rs]
+            cols = torch.arange(c0, c1)[cs]
+            block += _noise(plan, rows, cols, dtype)
+        out_view[rs, cs] = block
+    return out

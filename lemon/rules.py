@@ -1,0 +1,256 @@
+"""LEMON's rules: from a parameter's role and the sizes to a :class:`~lemon.plan.TensorPlan`.
+
+Why each rule is lossless, with D_S -> D_T hidden, k = D_T // D_S, r = D_T % D_S,
+eta = sqrt(k D_S / D_T):
+
+* The residual stream is carried as V_avg(x) (LayerNorm families) or V_zero(x)
+  (RMSNorm families): embeddings are expanded along the feature axis, and every
+  stream writer (attention out-projection, MLP down-projection, their biases)
+  gets rows in the same form, so the stream stays in that form layer after layer.
+* A norm sees k copies of x plus r entries equal to mean(x) (LayerNorm: they
+  normalize to exactly 0) or to 0 (RMSNorm). Its statistics change only through
+  the count: the variance / mean square becomes eta^2 times the original, so
+  gain* = eta [gain; ...; gain; free] and eps* = eta^2 eps reproduce the output
+  as V_zero; the bias is V_zero(bias). (V_avg is *not* lossless under RMSNorm.)
+* A fan-in weight reading a V_zero vector sees k copies of its input: its k
+  column blocks must sum to W (W/k each, plus zero-sum noise) and its r residue
+  columns multiply zeros (free: fresh noise).
+* Units (heads, MLP neurons) are copied; a copied unit computes the same
+  activation as its source, so its fan-out columns are split among its replicas
+  (1/n each plus zero-sum noise). Attention heads keep head_dim; under GQA the
+  query and KV head maps are chosen together (see :func:`lemon.maps.attention_heads`).
+* A tied output head reads the V_zero final norm output and so sums k copies:
+  the final norm's gain and bias are scaled by 1/k instead of splitting the head.
+* An inserted layer (depth) copies its predecessor with its stream writers set to
+  cancel-zero (zero-sum noise on zero): it adds exactly 0 to the stream and is
+  trainable. Its units use twin maps so that cancelling pairs exist.
+  Post-norm (BERT): the copied layer's LN_F becomes identity-affine and moves to
+  the end of the inserted run; the inserted layer's LN_A is identity-affine. Exact
+  up to the LayerNorm eps (an inserted layer re-normalizes a normalized vector).
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+
+from . import maps
+from .architectures import Family, Role, find_family
+from .architectures.base import SPLIT_KINDS
+from .noise import tensor_key
+from .plan import ONE, ZERO, Axis, ExpansionPlan, TensorPlan
+from .spec import Sizes, read_sizes, resolve
+
+SPLIT_OF = {"stream_in": "stream_zero", "heads_in": "heads", "ffn_in": "ffn"}
+
+
+@dataclass(frozen=True)
+class UnitMaps:
+    """Element maps of the units inside one layer."""
+
+    heads: torch.Tensor
+    kv: torch.Tensor
+    ffn: torch.Tensor
+
+    @classmethod
+    def build(cls, source: Sizes, target: Sizes, twins: bool) -> "UnitMaps":
+        q_units, kv_units = maps.attention_heads(
+            source.num_attention_heads, source.num_key_value_heads,
+            target.num_attention_heads, target.num_key_value_heads, twins=twins)
+        n_ffn, t_ffn = source.intermediate_size, target.intermediate_size
+        period = maps.twin_period(n_ffn, t_ffn) if twins else n_ffn
+        return cls(heads=maps.blocks(q_units, source.head_dim),
+                   kv=maps.blocks(kv_units, source.head_dim),
+                   ffn=maps.circular(t_ffn, period))
+
+
+@dataclass(frozen=True)
+class Rules:
+    """Everything the rules need to plan any one parameter."""
+
+    family: Family
+    source: Sizes
+    target: Sizes
+    tied_head: bool
+    seed: int
+    noise_std: float
+
+    @property
+    def eta(self) -> float:
+        return maps.eta(self.source.hidden_size, self.target.hidden_size)
+
+    @property
+    def k(self) -> int:
+        return self.target.hidden_size // self.source.hidden_size
+
+    def index(self, kind: str, length: int, units: UnitMaps) -> torch.Tensor:
+        d_s, d_t = self.source.hidden_size, self.target.hidden_size
+        if kind == "keep":
+            return torch.arange(length)
+        if kind == "stream":
+            return maps.stream(d_s, d_t, self.family.stream_form)
+        if kind == "stream_zero":
+            return maps.stream(d_s, d_t, "zero")
+        if kind == "norm":
+            return maps.stream(d_s, d_t, "circ")
+        if kind == "qkv":
+            q_width = self.source.num_attention_heads * self.source.head_dim
+            kv_width = self.source.num_key_value_heads * self.source.head_dim
+            return torch.cat([units.heads, q_width + units.kv, q_width + kv_width + units.kv])
+        return {"heads": units.heads, "kv": units.kv, "ffn": units.ffn}[kind]
+
+    def axis(self, kind: str, length: int, units: UnitMaps) -> Axis:
+        if kind in SPLIT_KINDS:
+            index = self.index(SPLIT_OF[kind], length, units)
+            return Axis(index, maps.split_scale(index))
+        index = self.index(kind, length, units)
+        if kind == "norm":
+            return Axis(index, torch.full((index.numel(),), self.eta, dtype=torch.float32))
+        return Axis(index)
+
+    def plan(self, name: str, source_name: str, source_shape: tuple[int, ...], role: Role,
+             units: UnitMaps, inserted: bool = False, identity_norm: bool = False) -> TensorPlan:
+        view = (math.prod(source_shape[: role.split]), math.prod(source_shape[role.split:]))
+        axes = [self.axis(kind, view[a], units) for a, kind in enumerate(role.axes)]
+        if identity_norm:  # post-norm depth: gain 1, bias 0
+            axes[1] = Axis(torch.full_like(axes[1].source, ONE if role.axes[1] == "norm" else ZERO))
+        if role.tag == "final_norm" and self.tied_head:
+            axes[1] = _scaled(axes[1], 1.0 / self.k)
+        if inserted and role.tag == "writer":  # cancel-zero: the base is 0, the noise sums to 0
+            axes[0] = _scaled(axes[0], 0.0)
+        split_axes = [a for a, kind in enumerate(role.axes) if kind in SPLIT_KINDS]
+        return TensorPlan(
+            name=name, source=source_name, source_shape=tuple(source_shape),
+            shape=_target_shape(source_shape, role.split, tuple(len(a) for a in axes)),
+            split=role.split, axes=tuple(axes),
+            noise_axis=split_axes[0] if split_axes else None,
+            noise_std=self.noise_std if split_axes else 0.0,
+            noise_key=tensor_key(self.seed, name), inserted=inserted)
+
+
+def _scaled(axis: Axis, factor: float) -> Axis:
+    scale = axis.scale if axis.scale is not None else torch.ones(len(axis))
+    return Axis(axis.source, scale * factor)
+
+
+def _target_shape(source_shape, split: int, view: tuple[int, int]) -> tuple[int, ...]:
+    """The stored shape whose view is ``view``: the one non-unit dim of a grown axis grows."""
+    shape = list(source_shape)
+    for axis, dims in ((0, range(split)), (1, range(split, len(shape)))):
+        if math.prod(shape[d] for d in dims) == view[axis]:
+            continue
+        grown = [d for d in dims if shape[d] != 1] or [dims[-1]]
+        if len(grown) != 1:
+            raise ValueError(f"cannot grow axis {axis} of a tensor of shape {tuple(source_shape)}")
+        shape[grown[0]] = view[axis]
+    return tuple(shape)
+
+
+def _tie_groups(model: torch.nn.Module) -> list[list[str]]:
+    by_id: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        by_id.setdefault(id(param), []).append(name)
+    return list(by_id.values())
+
+
+def target_config(family: Family, config, source: Sizes, target: Sizes, layers):
+    """The source config with the new sizes, eps* = eta^2 eps, and per-layer lists remapped."""
+    cfg = copy.deepcopy(config)
+    for size_name, field in family.config_fields.items():
+        if field:
+            setattr(cfg, field, getattr(target, size_name))
+    if family.head_dim_field:  # RoPE and the attention scale read it: keep it explicit
+        setattr(cfg, family.head_dim_field, target.head_dim)
+    eps = getattr(config, family.eps_field)
+    setattr(cfg, family.eps_field, eps * maps.eta(source.hidden_size, target.hidden_size) ** 2)
+    if target.num_hidden_layers != source.num_hidden_layers:
+        for key in list(config.to_dict()):
+            value = getattr(config, key, None)
+            if isinstance(value, (list, tuple)) and len(value) == source.num_hidden_layers:
+                setattr(cfg, key, type(value)(value[s] for s, _ in layers))
+    return cfg
+
+
+def plan_expansion(model: torch.nn.Module, *, hidden_size=None, intermediate_size=None,
+                   num_attention_heads=None, num_key_value_heads=None, num_hidden_layers=None,
+                   layer_positions=None, seed: int = 0, noise_std: float | None = None) -> ExpansionPlan:
+    """The plan of an expansion: validated sizes, the new config and one plan per parameter.
+    Nothing is allocated or written. See :func:`lemon.expand` for the arguments."""
+    config = getattr(model, "config", None)
+    if config is None:
+        raise ValueError(f"{type(model).__name__} has no .config: lemon expands transformers models "
+                         "(PreTrainedModel subclasses) whose config gives their sizes")
+    family = find_family(config)
+    params = dict(model.named_parameters(remove_duplicate=False))
+    roles = {}
+    for name in params:
+        try:
+            roles[name] = family.role(name)
+        except KeyError:
+            raise ValueError(f"{type(model).__name__} has a parameter {name!r} that the {family.name} "
+                             f"adapter has no role for, so lemon cannot expand it losslessly. "
+                             f"Add its pattern to lemon/architectures/{family.name}.py") from None
+
+    ffn_widths = [params[n].shape[_axis_dim(r, k)] for n, (r, _, _) in roles.items()
+                  for k, kind in enumerate(r.axes) if kind in ("ffn", "ffn_in")]
+    source = read_sizes(family, config, ffn_widths[0] if ffn_widths else 0)
+    target, layer_positions = resolve(family, source, {
+        "hidden_size": hidden_size, "intermediate_size": intermediate_size,
+        "num_attention_heads": num_attention_heads, "num_key_value_heads": num_key_value_heads,
+        "num_hidden_layers": num_hidden_layers}, layer_positions)
+    if noise_std is None:
+        noise_std = float(getattr(config, "initializer_range", 0.02))
+    if not noise_std >= 0:
+        raise ValueError(f"noise_std must be >= 0 (0 turns symmetry breaking off), got {noise_std}")
+
+    # tied parameters are one tensor: plan it once, from the role that produces it (the embedding)
+    tied: dict[str, str] = {}
+    tied_head = False
+    for group in _tie_groups(model):
+        if len(group) < 2:
+            continue
+        producers = [n for n in group if not any(k in SPLIT_KINDS for k in roles[n][0].axes)]
+        owner = (producers or group)[0]
+        tied_head |= len(producers) < len(group)
+        tied.update({n: owner for n in group if n != owner})
+
+    rules = Rules(family, source, target, tied_head, seed, noise_std)
+    regular, twins = UnitMaps.build(source, target, False), UnitMaps.build(source, target, True)
+    layers = maps.layers(source.num_hidden_layers, target.num_hidden_layers, layer_positions)
+    sources_of: dict[int, list[int]] = {}
+    for t, (s, _) in enumerate(layers):
+        sources_of.setdefault(s, []).append(t)
+
+    tensors: dict[str, TensorPlan] = {}
+    target_tied: dict[str, str] = {}
+    for name, (role, layer, match) in roles.items():
+        if layer is None:
+            targets = [(name, False, False)]
+        else:
+            targets = []
+            for t in sources_of[layer]:
+                inserted = layers[t][1]
+                next_inserted = t + 1 < len(layers) and layers[t + 1][1]
+                identity = family.post_norm and (
+                    (role.tag == "attn_norm" and inserted) or (role.tag == "ffn_norm" and next_inserted))
+                new_name = name[: match.start(1)] + str(t) + name[match.end(1):]
+                targets.append((new_name, inserted, identity))
+        for new_name, inserted, identity in targets:
+            if name in tied:
+                owner = tied[name]
+                target_tied[new_name] = owner  # tied tensors live outside the layers
+                continue
+            tensors[new_name] = rules.plan(new_name, name, tuple(params[name].shape), role,
+                                           twins if inserted else regular, inserted, identity)
+
+    return ExpansionPlan(
+        family=family.name, source_sizes=source.as_dict(), target_sizes=target.as_dict(),
+        config=target_config(family, config, source, target, layers), tensors=tensors,
+        tied=target_tied, layers=layers, seed=seed, noise_std=noise_std, notes=list(family.notes))
+
+
+def _axis_dim(role: Role, view_axis: int) -> int:
+    """The stored dim of a parameter that carries view axis ``view_axis`` (FFN width lookup)."""
+    return 0 if view_axis == 0 else role.split

@@ -1,0 +1,135 @@
+"""What the user asks for, resolved against the source model and validated before any work."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from .architectures import Family
+from .maps import gqa_feasible
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """The five sizes lemon grows, plus the head dimension it keeps fixed."""
+
+    hidden_size: int
+    intermediate_size: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    num_hidden_layers: int
+    head_dim: int
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def read_sizes(family: Family, config, intermediate_from_weights: int) -> Sizes:
+    """Sizes from the config; the FFN width from the weights (GPT-2 leaves n_inner None)."""
+    fields = family.config_fields
+    hidden = getattr(config, fields["hidden_size"])
+    heads = getattr(config, fields["num_attention_heads"])
+    kv_field = fields["num_key_value_heads"]
+    kv_heads = (getattr(config, kv_field, None) if kv_field else None) or heads
+    head_dim = (getattr(config, family.head_dim_field, None) if family.head_dim_field else None)
+    return Sizes(hidden_size=hidden, intermediate_size=intermediate_from_weights,
+                 num_attention_heads=heads, num_key_value_heads=kv_heads,
+                 num_hidden_layers=getattr(config, fields["num_hidden_layers"]),
+                 head_dim=head_dim or hidden // heads)
+
+
+def _check_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def _multiples_near(value: int, step: int, at_least: int) -> str:
+    """The multiple of ``step`` at or below ``value`` (raised to ``at_least``) and the next one."""
+    lower = max(value // step * step, -(-at_least // step) * step)
+    return f"{lower} or {lower + step}"
+
+
+def resolve(family: Family, source: Sizes, requested: dict, layer_positions) -> tuple[Sizes, list[int] | None]:
+    """Target sizes for the requested ones (None = derived or unchanged). Raises ValueError
+    naming the problem and the fix for anything that cannot be expanded losslessly."""
+    req = {k: (None if v is None else _check_int(k, v)) for k, v in requested.items()}
+    for name, value in req.items():
+        if value is not None and value < getattr(source, name):
+            raise ValueError(f"{name}={value} is smaller than the source's {getattr(source, name)}: "
+                             f"lemon only grows models; ask for at least {getattr(source, name)}")
+
+    hd = source.head_dim
+    hidden = req["hidden_size"] or source.hidden_size
+    coupled = source.num_attention_heads * hd == source.hidden_size
+    decouplable = family.head_dim_field is not None
+    heads = req["num_attention_heads"]
+    if coupled and not (decouplable and heads is not None):
+        # head_dim stays fixed and the family's heads tile the hidden size
+        if hidden % hd:
+            raise ValueError(
+                f"hidden_size={hidden} cannot be split into heads of the fixed head dimension {hd}: "
+                f"choose a multiple of {hd} (e.g. {_multiples_near(hidden, hd, source.hidden_size)})")
+        if heads is not None and heads * hd != hidden:
+            raise ValueError(
+                f"num_attention_heads={heads} with head dimension {hd} gives {heads * hd}, "
+                f"not hidden_size={hidden}: use num_attention_heads={hidden // hd} "
+                f"or hidden_size={heads * hd}")
+        heads = hidden // hd
+    heads = heads or source.num_attention_heads
+    if family.post_norm and hidden % source.hidden_size:
+        raise ValueError(
+            f"{family.name} is post-LayerNorm: widening {source.hidden_size} -> {hidden} is lossless only "
+            f"for integer multiples (a non-multiple changes the function by ~3e-2); "
+            f"choose hidden_size={_multiples_near(hidden, source.hidden_size, 2 * source.hidden_size)}")
+
+    kv = req["num_key_value_heads"]
+    if not family.has_gqa:
+        if kv is not None and kv != heads:
+            raise ValueError(f"{family.name} has no grouped-query attention: num_key_value_heads must "
+                             f"equal num_attention_heads ({heads}); leave it out")
+        kv = heads
+    elif kv is None:
+        group = source.num_attention_heads // source.num_key_value_heads
+        if source.num_key_value_heads == source.num_attention_heads:
+            kv = heads  # multi-head attention stays multi-head
+        elif heads % source.num_key_value_heads == 0:
+            kv = source.num_key_value_heads
+        elif heads % group == 0:
+            kv = heads // group
+        else:
+            raise ValueError(f"num_attention_heads={heads} is a multiple of neither the source's "
+                             f"{source.num_key_value_heads} KV heads nor its group size {group}: "
+                             f"pass num_key_value_heads (a divisor of {heads})")
+    if heads % kv:
+        raise ValueError(f"num_attention_heads={heads} is not a multiple of num_key_value_heads={kv}: "
+                         f"choose a divisor of {heads}")
+    if kv < source.num_key_value_heads:
+        raise ValueError(f"num_key_value_heads={kv} is smaller than the source's "
+                         f"{source.num_key_value_heads}: lemon only grows models")
+    if not gqa_feasible(source.num_attention_heads, source.num_key_value_heads, heads, kv):
+        need = source.num_key_value_heads * math.ceil(
+            (source.num_attention_heads // source.num_key_value_heads) / (heads // kv))
+        raise ValueError(
+            f"{source.num_attention_heads} heads / {source.num_key_value_heads} KV heads cannot become "
+            f"{heads} / {kv} losslessly: every new query head must attend with a copy of its own KV head, "
+            f"which needs num_key_value_heads >= {need} here (KV_T >= KV_S * ceil(g_S / g_T))")
+
+    layers = req["num_hidden_layers"]
+    if layer_positions is not None:
+        layer_positions = list(layer_positions)
+        if layers is None:
+            layers = source.num_hidden_layers + len(layer_positions)
+        new = layers - source.num_hidden_layers
+        if (len(layer_positions) != new or len(set(layer_positions)) != new
+                or any(isinstance(p, bool) or not isinstance(p, int) or not 1 <= p < layers
+                       for p in layer_positions)):
+            raise ValueError(
+                f"layer_positions must list {new} distinct target-layer indices in [1, {layers}) "
+                f"(a new layer follows an existing one), got {layer_positions}")
+        layer_positions = sorted(layer_positions)
+    layers = layers or source.num_hidden_layers
+
+    target = Sizes(hidden_size=hidden, intermediate_size=req["intermediate_size"] or source.intermediate_size,
+                   num_attention_heads=heads, num_key_value_heads=kv, num_hidden_layers=layers,
+                   head_dim=hd)
+    return target, layer_positions

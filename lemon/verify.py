@@ -1,0 +1,92 @@
+"""Losslessness report: how far the expanded model's outputs are from the original's."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .architectures import find_family
+
+
+@dataclass
+class Report:
+    """max |big - small| on the main output (logits, or the last hidden state mapped back to
+    the source width), relative to max |small|, and the same per source layer."""
+
+    output_max_abs: float
+    output_scale: float
+    layer_max_abs: list[float]
+
+    @property
+    def output_relative(self) -> float:
+        return self.output_max_abs / max(self.output_scale, 1e-30)
+
+    def __str__(self) -> str:
+        layers = " ".join(f"{d:.1e}" for d in self.layer_max_abs)
+        return (f"output max |delta| {self.output_max_abs:.2e} (relative {self.output_relative:.2e}, "
+                f"output scale {self.output_scale:.2e}); per layer: {layers}")
+
+
+def random_inputs(model: torch.nn.Module, batch: int = 2, length: int = 12, seed: int = 0) -> dict:
+    """Random inputs of the kind the model's family takes (token ids or pixels)."""
+    config = model.config
+    gen = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
+    if find_family(config).inputs == "pixels":
+        shape = (batch, config.num_channels, config.image_size, config.image_size)
+        return {"pixel_values": torch.randn(shape, generator=gen).to(device)}
+    inputs = {"input_ids": torch.randint(0, config.vocab_size, (batch, length), generator=gen)}
+    if getattr(config, "type_vocab_size", 0) > 1:
+        inputs["token_type_ids"] = torch.randint(0, config.type_vocab_size, (batch, length), generator=gen)
+    return {k: v.to(device) for k, v in inputs.items()}
+
+
+@torch.no_grad()
+def _run(model, inputs):
+    was_training = model.training
+    model.eval()
+    try:
+        out = model(**inputs, output_hidden_states=True)
+    finally:
+        model.train(was_training)
+    logits = getattr(out, "logits", None)
+    main = logits if logits is not None else out.last_hidden_state
+    return main, out.hidden_states
+
+
+def verify(small: torch.nn.Module, big: torch.nn.Module, inputs: dict | None = None) -> Report:
+    """Run both models in eval mode on ``inputs`` (random ones by default) and compare.
+
+    Hidden vectors of the big model carry the small one's in their first entries (every
+    stream form starts with a copy of x), so hidden states are compared there; the last
+    hidden state of a model with a tied head is scaled by 1/k by design and is compared
+    through the logits instead.
+    """
+    inputs = inputs if inputs is not None else random_inputs(small)
+    small_out, small_hidden = _run(small, inputs)
+    big_out, big_hidden = _run(big, inputs)
+    width = small_out.shape[-1] if small_out.shape[-1] != big_out.shape[-1] else None
+    big_main = big_out[..., :width] if width else big_out
+    delta = (big_main.double() - small_out.double()).abs().max().item()
+
+    # the source layer s ends at the last target layer made from it (inserted ones follow it)
+    big_layers = big.config.num_hidden_layers
+    small_layers = small.config.num_hidden_layers
+    ends = _layer_ends(big, small_layers, big_layers)
+    layer_deltas = []
+    d = small_hidden[0].shape[-1]
+    for s in range(small_layers - 1):  # the last entry is after the final norm: see the docstring
+        a, b = small_hidden[s + 1], big_hidden[ends[s] + 1][..., :d]
+        layer_deltas.append((a.double() - b.double()).abs().max().item())
+    return Report(delta, small_out.double().abs().max().item(), layer_deltas)
+
+
+def _layer_ends(big, small_layers: int, big_layers: int) -> list[int]:
+    plan_layers = getattr(big, "lemon_layers", None)
+    if plan_layers is None:
+        from .maps import layers
+        plan_layers = layers(small_layers, big_layers, None)
+    ends = {}
+    for t, (s, _) in enumerate(plan_layers):
+        ends[s] = t
+    return [ends[s] for s in range(small_layers)]

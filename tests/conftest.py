@@ -1,0 +1,71 @@
+"""Small models of every supported family, built offline from configs, with all weights random.
+
+The default init leaves norm gains at 1 and biases at 0, which would hide mistakes in the
+rules for gains, biases and their scaling; every parameter is drawn at random instead.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers as T
+
+T.logging.set_verbosity_error()
+
+LLAMA_SIZES = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                   intermediate_size=64, vocab_size=97)
+
+
+def _config_and_class(name: str):
+    if name == "bert":
+        return T.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                            vocab_size=97, max_position_embeddings=32), T.BertForMaskedLM
+    if name == "bert_classifier":
+        return T.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                            vocab_size=97, max_position_embeddings=32, num_labels=3), \
+            T.BertForSequenceClassification
+    if name == "bert_base":
+        return T.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                            vocab_size=97, max_position_embeddings=32), T.BertModel
+    if name in ("vit", "vit_base"):
+        return (T.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                            image_size=16, patch_size=4, num_labels=5),
+                T.ViTForImageClassification if name == "vit" else T.ViTModel)
+    if name in ("gpt2", "gpt2_base", "gpt2_classifier"):
+        cls = {"gpt2": T.GPT2LMHeadModel, "gpt2_base": T.GPT2Model,
+               "gpt2_classifier": T.GPT2ForSequenceClassification}[name]
+        return T.GPT2Config(n_embd=32, n_layer=2, n_head=4, n_inner=64, vocab_size=97, n_positions=32,
+                            bos_token_id=0, eos_token_id=0, pad_token_id=0, num_labels=3), cls
+    if name == "llama":
+        return T.LlamaConfig(**LLAMA_SIZES), T.LlamaForCausalLM
+    if name == "llama_tied":
+        return T.LlamaConfig(**LLAMA_SIZES, tie_word_embeddings=True), T.LlamaForCausalLM
+    if name == "llama_base":
+        return T.LlamaConfig(**LLAMA_SIZES), T.LlamaModel
+    if name == "llama_mha_bias":
+        return T.LlamaConfig(**{**LLAMA_SIZES, "num_key_value_heads": 4}, attention_bias=True,
+                             mlp_bias=True), T.LlamaForCausalLM
+    if name == "llama_classifier":
+        return T.LlamaConfig(**LLAMA_SIZES, num_labels=3, pad_token_id=0), T.LlamaForSequenceClassification
+    if name == "mistral":
+        return T.MistralConfig(**LLAMA_SIZES), T.MistralForCausalLM
+    if name == "qwen2":
+        return T.Qwen2Config(**LLAMA_SIZES), T.Qwen2ForCausalLM
+    raise KeyError(name)
+
+
+def make_model(name: str, seed: int = 0, dtype=torch.float32):
+    config, cls = _config_and_class(name)
+    torch.manual_seed(seed)
+    model = cls(config)
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if p.dim() == 1 and "norm" in pname.lower() and pname.endswith("weight"):
+                p.uniform_(0.5, 1.5)  # norm gains
+            else:
+                p.normal_(0.0, 0.1)
+    return model.to(dtype).eval()
+
+
+@pytest.fixture
+def model_factory():
+    return make_model

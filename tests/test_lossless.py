@@ -1,0 +1,118 @@
+"""The expanded model computes the original function: outputs equal within fp32 round-off.
+
+Every family x every expansion kind, noise on (the default), eval mode, random inputs.
+Outputs are logits (or the last hidden state mapped back to the source width for models
+without a head); per-layer hidden states are compared too. Bound: max |delta| <= 1e-5 of
+the output's scale (measured: below 1e-6 everywhere).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import lemon
+from lemon.verify import verify
+
+from conftest import make_model
+
+BOUND = 1e-5
+
+# (case name, expansion kwargs); the same kinds for every family, where the family has them
+COMMON = {
+    "hidden_x2": dict(hidden_size=64),
+    "ffn_only": dict(intermediate_size=100),
+    "depth_interleaved": dict(num_hidden_layers=4),
+    "depth_appended": dict(num_hidden_layers=4, layer_positions=[2, 3]),
+    "depth_above_2x": dict(num_hidden_layers=5),
+    "depth_custom_positions": dict(num_hidden_layers=4, layer_positions=[1, 2]),
+}
+NON_MULTIPLE = {  # pre-LN and RMSNorm only (post-LN BERT refuses them)
+    "hidden_non_multiple": dict(hidden_size=48),
+    "heads_with_hidden": dict(hidden_size=40, num_attention_heads=5),
+    "all_at_once": dict(hidden_size=48, intermediate_size=100, num_hidden_layers=5),
+}
+GQA = {  # 4 query heads / 2 KV heads (g = 2) in the source
+    "heads_only": dict(num_attention_heads=8),
+    "kv_heads_only": dict(num_key_value_heads=4),
+    "heads_and_kv_group_kept": dict(num_attention_heads=6, num_key_value_heads=3),
+    "group_grows": dict(hidden_size=64, num_key_value_heads=2),
+    "group_shrinks_rearranged": dict(num_attention_heads=6, num_key_value_heads=6),
+    "rearranged_non_circular": dict(hidden_size=48, num_attention_heads=6, num_key_value_heads=6,
+                                    intermediate_size=80, num_hidden_layers=3),
+    "all_at_once_gqa": dict(hidden_size=96, num_attention_heads=12, num_key_value_heads=4,
+                            intermediate_size=150, num_hidden_layers=5),
+}
+
+
+def cases():
+    for family in ("gpt2", "gpt2_base", "gpt2_classifier", "vit", "vit_base"):
+        for case, kw in {**COMMON, **NON_MULTIPLE}.items():
+            yield family, case, kw
+    for family in ("bert", "bert_base", "bert_classifier"):
+        for case, kw in {**COMMON, "hidden_x3_all": dict(hidden_size=96, intermediate_size=100,
+                                                          num_hidden_layers=5)}.items():
+            yield family, case, kw
+    for family in ("llama", "llama_tied", "llama_base", "llama_classifier", "mistral", "qwen2"):
+        for case, kw in {**COMMON, **NON_MULTIPLE, **GQA}.items():
+            if case != "heads_with_hidden":  # 5 heads fit no KV group of 2: see test_errors
+                yield family, case, kw
+    for case, kw in {**COMMON, **NON_MULTIPLE}.items():
+        yield "llama_mha_bias", case, kw
+
+
+@pytest.mark.parametrize("family,case,kwargs", [pytest.param(f, c, k, id=f"{f}-{c}") for f, c, k in cases()])
+def test_expansion_is_lossless(family, case, kwargs):
+    small = make_model(family)
+    big = lemon.expand(small, progress=False, **kwargs)
+    report = verify(small, big)
+    assert report.output_scale > 1e-3, "a degenerate model would hide errors"
+    assert report.output_relative <= BOUND, f"{family} {case}: {report}"
+    for delta in report.layer_max_abs:
+        assert delta <= BOUND * report.output_scale + 1e-6, f"{family} {case}: {report}"
+    for size, value in kwargs.items():
+        if size != "layer_positions":
+            assert lemon.expand_plan(small, **kwargs).target_sizes[size] == value
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "bert", "vit"])
+def test_expanded_model_has_the_new_shapes(family):
+    small = make_model(family)
+    kw = dict(hidden_size=64, intermediate_size=100, num_hidden_layers=3)
+    big = lemon.expand(small, progress=False, **kw)
+    assert type(big) is type(small)
+    config = big.config
+    assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads) == (64, 3, 8)
+    ffn = [p for n, p in big.named_parameters() if n.endswith(("mlp.c_fc.weight", "mlp.up_proj.weight",
+                                                              "mlp.fc1.weight", "intermediate.dense.weight"))]
+    assert len(ffn) == 3 and all(100 in p.shape for p in ffn)
+    assert sum(p.numel() for p in big.parameters()) > sum(p.numel() for p in small.parameters())
+
+
+def test_post_norm_depth_error_follows_the_layer_norm_eps():
+    """BERT depth is exact up to eps: an inserted layer re-normalizes a normalized vector.
+    The difference grows with eps and stays tiny at BERT's 1e-12."""
+    deltas = {}
+    for eps in (1e-12, 1e-2):
+        small = make_model("bert")
+        small.config.layer_norm_eps = eps
+        for module in small.modules():
+            if isinstance(module, torch.nn.LayerNorm):
+                module.eps = eps
+        deltas[eps] = verify(small, lemon.expand(small, num_hidden_layers=4, progress=False)).output_relative
+    assert deltas[1e-12] <= 1e-6
+    assert deltas[1e-2] > 10 * deltas[1e-12]  # measurable, and caused by eps
+
+
+def test_skipping_eps_rescaling_breaks_exactness():
+    """eps* = eta^2 eps is needed whenever r > 0: without it the function changes measurably."""
+    small = make_model("llama")
+    small.config.rms_norm_eps = 1e-2  # large eps makes the effect visible above round-off
+    for module in small.modules():
+        if hasattr(module, "variance_epsilon"):
+            module.variance_epsilon = 1e-2
+    big = lemon.expand(small, hidden_size=48, progress=False)
+    assert verify(small, big).output_relative <= BOUND
+    for module in big.modules():
+        if hasattr(module, "variance_epsilon"):
+            module.variance_epsilon = 1e-2
+    assert verify(small, big).output_relative > 1e-4
