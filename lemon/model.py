@@ -60,12 +60,13 @@ def build(model: torch.nn.Module, plan: ExpansionPlan, backend: str = "auto",
     for name in tqdm(plan.tensors, desc="lemon: expanding", unit="tensor",
                      disable=None if progress is None else not progress):
         tensor_plan = plan.tensors[name]
-        source = sources[tensor_plan.source].detach()
+        source = sources[tensor_plan.source]
         meta = meta_params[name]
         if tuple(meta.shape) != tensor_plan.shape:
             raise RuntimeError(f"{name}: the plan makes shape {tensor_plan.shape}, the target "
                                f"model expects {tuple(meta.shape)}")
-        param = torch.nn.Parameter(run(tensor_plan, source), requires_grad=source.requires_grad)
+        with torch.no_grad():
+            param = torch.nn.Parameter(run(tensor_plan, source.detach()), requires_grad=source.requires_grad)
         made[id(meta)] = param
     for name, meta in meta_params.items():
         _set(target, name, made[id(meta)])  # tied names share one meta Parameter, hence one result

@@ -1,0 +1,110 @@
+"""The public surface: what users get back, what they can inspect, and what stays untouched."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+
+import lemon
+from lemon.verify import verify
+
+from conftest import make_model
+
+
+def test_source_model_is_left_untouched():
+    small = make_model("llama")
+    before = {n: p.clone() for n, p in small.state_dict().items()}
+    config_before = small.config.to_dict()
+    lemon.expand(small, hidden_size=48, num_hidden_layers=3, progress=False)
+    assert small.config.to_dict() == config_before
+    assert all(torch.equal(before[n], p) for n, p in small.state_dict().items())
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama_tied", "bert", "vit", "qwen2"])
+def test_save_and_reload_round_trips(family, tmp_path):
+    small = make_model(family)
+    kw = dict(hidden_size=64, num_hidden_layers=3) if family == "bert" else dict(hidden_size=48,
+                                                                                 num_hidden_layers=3)
+    big = lemon.expand(small, progress=False, **kw)
+    big.save_pretrained(tmp_path)
+    reloaded = type(big).from_pretrained(tmp_path).eval()
+    assert reloaded.config.hidden_size == kw["hidden_size"]
+    for name, p in big.state_dict().items():
+        assert torch.equal(reloaded.state_dict()[name], p), name
+    reloaded.lemon_layers = big.lemon_layers
+    assert verify(small, reloaded).output_relative <= 1e-5  # eps* survived through the config
+
+
+@pytest.mark.parametrize("family,head,embedding", [
+    ("gpt2", "lm_head.weight", "transformer.wte.weight"),
+    ("llama_tied", "lm_head.weight", "model.embed_tokens.weight"),
+    ("bert", "cls.predictions.decoder.weight", "bert.embeddings.word_embeddings.weight"),
+])
+def test_tied_embeddings_stay_tied_without_wrappers(family, head, embedding):
+    small = make_model(family)
+    big = lemon.expand(small, hidden_size=64, progress=False)
+    params = dict(big.named_parameters(remove_duplicate=False))
+    assert params[head] is params[embedding]
+    assert {type(m) for m in big.modules()} == {type(m) for m in small.modules()}
+
+
+def test_dtype_device_and_mode_follow_the_source():
+    small = make_model("llama", dtype=torch.bfloat16).train()
+    big = lemon.expand(small, hidden_size=48, progress=False)
+    assert big.training
+    assert all(p.dtype == torch.bfloat16 and p.device.type == "cpu" for p in big.parameters())
+    # the bf16 expansion is the fp32 expansion rounded once
+    ref = lemon.expand(small.float(), hidden_size=48, progress=False)
+    for (name, p), q in zip(big.named_parameters(), ref.parameters()):
+        assert torch.equal(p, q.to(torch.bfloat16)), name
+
+
+def test_expand_plan_exposes_maps_and_a_manifest():
+    small = make_model("llama")
+    plan = lemon.expand_plan(small, hidden_size=48, num_attention_heads=6, num_key_value_heads=3,
+                             num_hidden_layers=3)
+    assert plan.target_sizes["num_key_value_heads"] == 3
+    assert plan.config.head_dim == 8 and plan.config.num_hidden_layers == 3
+    q = plan["model.layers.0.self_attn.q_proj.weight"]
+    assert q.shape == (48, 48) and q.source == "model.layers.0.self_attn.q_proj.weight"
+    assert q.axes[0].source.tolist()[:8] == list(range(8))  # head 0 rows come from source head 0
+    new = q.new_mask()
+    assert not new[:32, :32].any() and new[32:].all()
+    assert plan.new_parameters() and all(".layers.2." in n for n in plan.new_parameters())
+    manifest = json.loads(json.dumps(plan.manifest()))
+    assert manifest["layers"][2] == {"source_layer": 1, "inserted": True}
+    assert manifest["tensors"]["model.embed_tokens.weight"]["new_elements"] == 97 * 16
+    assert "q_proj" in plan.summary()
+
+
+def test_available_backends_and_fallback():
+    assert lemon.available_backends() == ["reference"]
+    small = make_model("gpt2")
+    reference = lemon.expand(small, hidden_size=64, backend="reference", progress=False)
+    with pytest.warns(UserWarning, match="'triton' is not available"):
+        fallback = lemon.expand(small, hidden_size=64, backend="triton", progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        auto = lemon.expand(small, hidden_size=64, backend="auto", progress=False)
+    for p, q, r in zip(reference.parameters(), fallback.parameters(), auto.parameters()):
+        assert torch.equal(p, q) and torch.equal(p, r)
+
+
+def test_import_lemon_is_light():
+    code = "import sys, lemon; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_demo_runs_and_reports_lossless(capsys):
+    from lemon.cli import main
+
+    assert main(["demo"]) == 0
+    out = capsys.readouterr().out
+    for family in ("bert", "vit", "gpt2", "llama"):
+        assert f"\n{family} " in out
+    assert "lossless" in out

@@ -1,0 +1,79 @@
+"""Bad requests fail before any work, with a message that names the problem and the fix."""
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers as T
+
+import lemon
+
+from conftest import make_model
+
+CASES = [
+    # (family, kwargs, words the message must contain)
+    ("gpt2", dict(hidden_size=16), ["hidden_size=16", "smaller", "at least 32"]),
+    ("gpt2", dict(num_hidden_layers=1), ["num_hidden_layers=1", "only grows"]),
+    ("llama", dict(intermediate_size=32), ["intermediate_size=32", "at least 64"]),
+    ("gpt2", dict(hidden_size=50), ["head dimension 8", "multiple of 8", "48 or 56"]),
+    ("gpt2", dict(hidden_size=64, num_attention_heads=6), ["num_attention_heads=6", "num_attention_heads=8"]),
+    ("vit", dict(hidden_size=0), ["positive integer"]),
+    ("vit", dict(hidden_size=48.0), ["positive integer"]),
+    ("bert", dict(hidden_size=48), ["post-LayerNorm", "integer multiples", "64 or 96"]),
+    ("gpt2", dict(hidden_size=64, num_key_value_heads=4), ["no grouped-query attention", "num_key_value_heads"]),
+    ("llama", dict(num_attention_heads=6, num_key_value_heads=4), ["not a multiple", "num_key_value_heads=4"]),
+    ("llama", dict(num_attention_heads=5), ["num_attention_heads=5", "pass num_key_value_heads"]),
+    ("llama", dict(num_key_value_heads=1), ["num_key_value_heads=1", "smaller"]),
+    ("llama", dict(num_hidden_layers=4, layer_positions=[1]), ["layer_positions", "2 distinct"]),
+    ("llama", dict(num_hidden_layers=4, layer_positions=[0, 1]), ["layer_positions", "[1, 4)"]),
+    ("llama", dict(num_hidden_layers=4, layer_positions=[2, 2]), ["layer_positions"]),
+    ("llama", dict(num_hidden_layers=4, layer_positions=[2, 4]), ["layer_positions"]),
+    ("gpt2", dict(hidden_size=64, noise_std=-1.0), ["noise_std", ">= 0"]),
+]
+
+
+@pytest.mark.parametrize("family,kwargs,words", CASES, ids=[f"{f}-{'-'.join(k)}" for f, k, _ in CASES])
+def test_bad_request_is_a_clear_value_error(family, kwargs, words):
+    small = make_model(family)
+    before = {n: p.clone() for n, p in small.state_dict().items()}
+    with pytest.raises(ValueError) as err:
+        lemon.expand(small, progress=False, **kwargs)
+    for word in words:
+        assert word in str(err.value), f"{word!r} not in: {err.value}"
+    assert all(torch.equal(before[n], p) for n, p in small.state_dict().items())
+
+
+def test_impossible_gqa_rearrangement_names_the_condition():
+    """6 query heads / 2 KV heads (g = 3) -> 6 / 3 (g = 2): a source group of 3 query heads
+    needs 2 KV copies, so 2 groups need 4 > 3 KV heads."""
+    config = T.LlamaConfig(hidden_size=48, num_hidden_layers=1, num_attention_heads=6, num_key_value_heads=2,
+                           intermediate_size=64, vocab_size=50)
+    small = T.LlamaForCausalLM(config)
+    with pytest.raises(ValueError, match=r"KV_T >= KV_S \* ceil\(g_S / g_T\)") as err:
+        lemon.expand(small, num_key_value_heads=3)
+    assert "num_key_value_heads >= 4" in str(err.value)
+
+
+def test_unsupported_architecture_lists_what_is_supported():
+    config = T.OPTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, ffn_dim=64,
+                         vocab_size=50, word_embed_proj_dim=32)
+    with pytest.raises(ValueError, match="model_type 'opt'") as err:
+        lemon.expand(T.OPTForCausalLM(config), hidden_size=64)
+    for family in ("bert", "vit", "gpt2", "llama", "mistral", "qwen2"):
+        assert family in str(err.value)
+
+
+def test_a_plain_module_without_config_is_refused():
+    with pytest.raises(ValueError, match="no .config"):
+        lemon.expand(torch.nn.Linear(4, 4), hidden_size=8)
+
+
+def test_a_parameter_without_a_role_is_refused_not_guessed():
+    small = make_model("gpt2")
+    small.transformer.extra = torch.nn.Linear(32, 32)
+    with pytest.raises(ValueError, match="transformer.extra.weight"):
+        lemon.expand(small, hidden_size=64)
+
+
+def test_unknown_backend():
+    with pytest.raises(ValueError, match="unknown backend 'gpu'"):
+        lemon.expand(make_model("gpt2"), hidden_size=64, backend="gpu")
