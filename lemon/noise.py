@@ -60,26 +60,28 @@ def tensor_key(seed: int, tensor_name: str) -> int:
 
 
 def hash32(x):
-    """lowbias32 on an int64 tensor holding values in [0, 2^32).
+    """lowbias32 on an int64 tensor holding values in [0, 2^32), in place.
 
     int64 multiplication wraps modulo 2^64, which keeps the low 32 bits exact.
     """
-    x = x ^ (x >> 16)
-    x = (x * 0x7FEB352D) & MASK32
-    x = x ^ (x >> 15)
-    x = (x * 0x846CA68B) & MASK32
-    return x ^ (x >> 16)
+    x ^= x >> 16
+    x.mul_(0x7FEB352D).bitwise_and_(MASK32)
+    x ^= x >> 15
+    x.mul_(0x846CA68B).bitwise_and_(MASK32)
+    x ^= x >> 16
+    return x
 
 
 def standard_noise(key: int, index):
     """Unit-variance noise (fp32) for the int64 element indices ``index`` of one tensor."""
     import torch
 
-    low = index & MASK32
-    high = index >> 32
-    u = hash32(hash32(high ^ key) ^ low)
-    centred = (u & 0xFFFF) + (u >> 16) - NORMAL_OFFSET  # an exact integer in fp32
-    return centred.to(torch.float32) * torch.tensor(NORMAL_SCALE, dtype=torch.float32)
+    if index.numel() == 0 or int(index.max()) <= MASK32:
+        u = hash32(index ^ hash32_int(key))  # the high word is 0: its hash is one constant
+    else:
+        u = hash32(hash32(index >> 32 ^ key) ^ (index & MASK32))
+    centred = (u & 0xFFFF).add_(u >> 16).sub_(NORMAL_OFFSET)  # an exact integer in fp32
+    return centred.to(torch.float32).mul_(torch.tensor(NORMAL_SCALE, dtype=torch.float32))
 
 
 def standard_noise_int(key: int, index: int) -> float:

@@ -110,6 +110,9 @@ class TensorPlan:
     window: tuple[tuple[int, int], tuple[int, int]] | None = None  # view block covered; None = all
 
     def __post_init__(self):
+        if self.noise_axis is not None and bool((self.axes[self.noise_axis].source < ZERO).any()):
+            raise ValueError(f"{self.name}: the noise axis may hold source indices and ZERO only, "
+                             "not MEAN or ONE")
         if tuple(len(a) for a in self.axes) != self.view_shape:
             raise ValueError(f"{self.name}: axes of lengths {[len(a) for a in self.axes]} "
                              f"do not match the view {self.view_shape} of shape {self.shape}")

@@ -47,27 +47,24 @@ def _noise(plan: TensorPlan, rows: torch.Tensor, cols: torch.Tensor, dtype) -> t
     axis = plan.noise_axis
     n_cols = plan.view_shape[1]
     along, other = (rows, cols) if axis == 0 else (cols, rows)
-    noise_map, other_map = plan.axes[axis].source, plan.axes[1 - axis].source
-
-    def draw(along_idx: torch.Tensor) -> torch.Tensor:  # [len(other), *along_idx.shape]
-        a = along_idx.unsqueeze(0)
-        o = other.reshape(-1, *([1] * along_idx.dim()))
-        linear = a * n_cols + o if axis == 0 else o * n_cols + a
-        return standard_noise(plan.noise_key, linear).to(dtype) * plan.noise_std
-
+    other_map = plan.axes[1 - axis].source
     group_of, members = plan.axes[axis].replica_groups
-    value = draw(along)
+
+    # R over the whole noise axis: replica groups may reach outside the window
+    every = torch.arange(len(plan.axes[axis]))
+    linear = every[None, :] * n_cols + other[:, None] if axis == 0 else other[:, None] * n_cols + every[None, :]
+    full = standard_noise(plan.noise_key, linear).to(dtype).mul_(plan.noise_std)
+    value = full[:, along]
     groups = group_of[along]
     sourced = groups >= 0
     if sourced.any():
         # zero-sum: subtract the group mean, accumulated in ascending member order
         member_idx = members[groups[sourced]]  # [n, M], -1 padded
         total = torch.zeros(other.numel(), member_idx.shape[0], dtype=dtype)
-        count = (member_idx >= 0).sum(1).to(dtype)
         for m in range(member_idx.shape[1]):
             col = member_idx[:, m]
-            total += torch.where(col >= 0, draw(col.clamp(min=0)), torch.zeros((), dtype=dtype))
-        value[:, sourced] -= total / count
+            total += torch.where(col >= 0, full[:, col.clamp(min=0)], torch.zeros((), dtype=dtype))
+        value[:, sourced] -= total / (member_idx >= 0).sum(1).to(dtype)
     value[other_map[other] == ZERO] = 0
     return value if axis == 1 else value.T
 
