@@ -23,7 +23,7 @@ def _extended_source(source_view: torch.Tensor, dtype: torch.dtype) -> torch.Ten
     """The source view with a MEAN, a ONE and a ZERO row and column appended, so that
     every plan index (special or not) is a plain gather."""
     rows, cols = source_view.shape
-    ext = torch.empty(rows + 3, cols + 3, dtype=dtype)
+    ext = torch.empty(rows + 3, cols + 3, dtype=dtype, device=source_view.device)
     ext[:rows, :cols] = source_view
     ext[:rows, cols] = ext[:rows, :cols].mean(1)
     ext[rows, : cols + 1] = ext[:rows, : cols + 1].mean(0)
@@ -47,11 +47,11 @@ def _noise(plan: TensorPlan, rows: torch.Tensor, cols: torch.Tensor, dtype) -> t
     axis = plan.noise_axis
     n_cols = plan.view_shape[1]
     along, other = (rows, cols) if axis == 0 else (cols, rows)
-    other_map = plan.axes[1 - axis].source
-    group_of, members = plan.axes[axis].replica_groups
+    other_map = plan.axes[1 - axis].source.to(rows.device)
+    group_of, members = (t.to(rows.device) for t in plan.axes[axis].replica_groups)
 
     # R over the whole noise axis: replica groups may reach outside the window
-    every = torch.arange(len(plan.axes[axis]))
+    every = torch.arange(len(plan.axes[axis]), device=rows.device)
     linear = every[None, :] * n_cols + other[:, None] if axis == 0 else other[:, None] * n_cols + every[None, :]
     full = standard_noise(plan.noise_key, linear).to(dtype).mul_(plan.noise_std)
     value = full[:, along]
@@ -60,7 +60,7 @@ def _noise(plan: TensorPlan, rows: torch.Tensor, cols: torch.Tensor, dtype) -> t
     if sourced.any():
         # zero-sum: subtract the group mean, accumulated in ascending member order
         member_idx = members[groups[sourced]]  # [n, M], -1 padded
-        total = torch.zeros(other.numel(), member_idx.shape[0], dtype=dtype)
+        total = torch.zeros(other.numel(), member_idx.shape[0], dtype=dtype, device=rows.device)
         for m in range(member_idx.shape[1]):
             col = member_idx[:, m]
             total += torch.where(col >= 0, full[:, col.clamp(min=0)], torch.zeros((), dtype=dtype))
@@ -77,17 +77,17 @@ def execute(plan: TensorPlan, source: torch.Tensor, out: torch.Tensor | None = N
                          f"the plan expects {tuple(plan.source_shape)}")
     (r0, r1), (c0, c1) = plan.block
     whole = plan.window is None or plan.block == ((0, plan.view_shape[0]), (0, plan.view_shape[1]))
+    dtype, device = compute_dtype(source.dtype), source.device
     if out is None:
-        out = torch.empty(plan.shape if whole else (r1 - r0, c1 - c0), dtype=source.dtype)
+        out = torch.empty(plan.shape if whole else (r1 - r0, c1 - c0), dtype=source.dtype, device=device)
     out_view = out.view(r1 - r0, c1 - c0)
-    dtype = compute_dtype(source.dtype)
     ext = _extended_source(source.reshape(plan.source_view_shape), dtype)
     n_rows, n_cols = plan.source_view_shape
-    row_index = _gather_index(plan.axes[0].source[r0:r1], n_rows)
-    col_index = _gather_index(plan.axes[1].source[c0:c1], n_cols)
-    row_scale, col_scale = (a.scale for a in plan.axes)
+    row_index = _gather_index(plan.axes[0].source[r0:r1], n_rows).to(device)
+    col_index = _gather_index(plan.axes[1].source[c0:c1], n_cols).to(device)
+    row_scale, col_scale = (None if a.scale is None else a.scale.to(device) for a in plan.axes)
 
-    # chunk along the axis without noise, so each chunk sees whole replica groups
+    # chunk along the axis without noise: a chunk draws the noise axis whole, once
     chunk_axis = 0 if plan.noise_axis in (None, 1) else 1
     length = (r1 - r0, c1 - c0)
     step = max(1, CHUNK_ELEMENTS // max(1, length[1 - chunk_axis]))
@@ -101,8 +101,8 @@ def execute(plan: TensorPlan, source: torch.Tensor, out: torch.Tensor | None = N
         if col_scale is not None:
             block *= col_scale[c0:c1][cs].to(dtype)[None, :]
         if plan.has_noise:
-            rows = torch.arange(r0, r1)[rs]
-            cols = torch.arange(c0, c1)[cs]
+            rows = torch.arange(r0, r1, device=device)[rs]
+            cols = torch.arange(c0, c1, device=device)[cs]
             block += _noise(plan, rows, cols, dtype)
         out_view[rs, cs] = block
     return out
