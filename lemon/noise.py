@@ -16,12 +16,17 @@ extra memory and in any order, a number is a pure function of
 plan's 2-D view), so any block of a tensor gets exactly the noise the whole
 tensor would: tiles of a kernel, slices while streaming, shards of a rank.
 
-Why it is cheap: per element one hash32 of the low index word (~8 integer ops;
-the inner hash of ``index_hi`` is constant over any 2^32-element stretch, so an
-executor computes it once per tile) plus ~6 ops for the transform. Triton's
-``tl.randn`` spends a Philox4x32-10 call (10 rounds of 32x32->64 multiplies)
-plus Box-Muller (log, sqrt, cos) per normal: an order of magnitude more, enough
-to make a bandwidth-bound kernel compute-bound on an H100.
+Why it is cheap, counted in 32-bit integer operations per output element on a GPU
+(where ``& 0xFFFFFFFF`` is free): the element index (1 multiply-add), the key xor (1),
+hash32 (3 xor-shifts = 6, 2 multiplies), the transform (and, shift, add, subtract,
+int-to-float, multiply = 6), times std (1): about 17. The inner hash of ``index_hi`` is
+constant over each 2^32-element stretch, so an executor computes it once per tile. The
+zero-sum rule needs every replica's R: a kernel that makes the n replicas of one source
+element together spends n hashes on n outputs, plus ~2 adds and a multiply per element.
+Triton's ``tl.randn`` spends a Philox4x32-10 call (10 rounds of 32x32->64 multiplies) plus
+Box-Muller (log, sqrt, cos) per normal: an order of magnitude more, enough to make a
+bandwidth-bound kernel compute-bound on an H100 (~1.5 G elements/ms leaves a few dozen
+integer operations per element).
 
 Why it is a sound init: the sum of two independent 16-bit uniforms is the
 triangular distribution, symmetric, zero-mean, scaled here to unit variance,

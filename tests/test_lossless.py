@@ -116,3 +116,62 @@ def test_skipping_eps_rescaling_breaks_exactness():
         if hasattr(module, "variance_epsilon"):
             module.variance_epsilon = 1e-2
     assert verify(small, big).output_relative > 1e-4
+
+
+GQA_COMBINATIONS = [  # (H_S, KV_S, H_T, KV_T); those marked * need heads rearranged group by group
+    (4, 2, 6, 6),   # * g 2 -> 1
+    (4, 2, 8, 8),   # * g 2 -> 1
+    (6, 2, 6, 6),   # * g 3 -> 1, each source group needs 3 KV copies
+    (6, 2, 9, 9),   # * g 3 -> 1, non-multiple
+    (8, 2, 12, 6),  # * g 4 -> 2
+    (6, 1, 12, 6),  # * g 6 -> 2
+    (3, 1, 5, 5),   # * g 3 -> 1, non-multiple
+    (6, 3, 8, 4),   # g kept, non-multiple
+    (6, 2, 12, 4),  # g kept, x2
+    (8, 4, 10, 5),  # g kept, non-multiple
+    (4, 2, 8, 2),   # g grows
+    (4, 4, 6, 6),   # multi-head, non-multiple
+]
+
+
+@pytest.mark.parametrize("heads,kv,target_heads,target_kv", GQA_COMBINATIONS)
+def test_llama_gqa_rearrangement_is_lossless(heads, kv, target_heads, target_kv):
+    import transformers as T
+
+    head_dim = 4
+    torch.manual_seed(0)
+    config = T.LlamaConfig(hidden_size=heads * head_dim, num_attention_heads=heads, num_key_value_heads=kv,
+                           intermediate_size=24, num_hidden_layers=2, vocab_size=61, head_dim=head_dim)
+    small = T.LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        for p in small.parameters():
+            p.normal_(0, 0.3)
+    big = lemon.expand(small, hidden_size=target_heads * head_dim, num_attention_heads=target_heads,
+                       num_key_value_heads=target_kv, num_hidden_layers=3, progress=False)
+    report = verify(small, big)
+    assert report.output_scale > 1e-2
+    assert report.output_relative <= BOUND, report
+
+
+def test_circular_head_copies_are_not_enough_when_the_group_size_changes(monkeypatch):
+    """Why the GQA rearrangement exists: copying query and KV heads circularly and independently
+    pairs some query heads with another group's KV head."""
+    from lemon import maps
+
+    small = make_model("llama")  # 4 heads / 2 KV heads
+    kw = dict(num_attention_heads=8, num_key_value_heads=8, progress=False)
+    assert verify(small, lemon.expand(small, **kw)).output_relative <= BOUND
+    monkeypatch.setattr(maps, "attention_heads", lambda h, kv, ht, kvt, twins=False:
+                        (maps.circular(ht, h), maps.circular(kvt, kv)))
+    assert verify(small, lemon.expand(small, **kw)).output_relative > 1e-2
+
+
+def test_rmsnorm_needs_a_zero_residue_stream(monkeypatch):
+    """Under RMSNorm the residue entries must be 0 (V_zero): mean-filled residue (V_avg, right for
+    LayerNorm) changes the mean square by more than eta^2 and breaks exactness."""
+    from lemon.architectures.base import Family
+
+    small = make_model("llama")
+    assert verify(small, lemon.expand(small, hidden_size=48, progress=False)).output_relative <= BOUND
+    monkeypatch.setattr(Family, "stream_form", property(lambda self: "avg"))
+    assert verify(small, lemon.expand(small, hidden_size=48, progress=False)).output_relative > 1e-3
