@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
+from .architectures import find_family
 from .backends import executor
 from .plan import ExpansionPlan
 from .rules import plan_expansion
@@ -71,9 +72,11 @@ def build(model: torch.nn.Module, plan: ExpansionPlan, backend: str = "auto",
     for name, meta in meta_params.items():
         _set(target, name, made[id(meta)])  # tied names share one meta Parameter, hence one result
 
+    family = find_family(model.config)
     source_buffers = dict(model.named_buffers(remove_duplicate=False))
     for name, meta in target.named_buffers(remove_duplicate=False):
-        source_name = _source_layer_name(plan, model, name)
+        match = family.match_layer(name)
+        source_name = family.in_layer(name, plan.layers[int(match.group(1))][0]) if match else name
         buffer = source_buffers.get(source_name)
         if buffer is None or buffer.shape != meta.shape:
             raise RuntimeError(f"cannot fill buffer {name} of the expanded model from the source "
@@ -82,16 +85,6 @@ def build(model: torch.nn.Module, plan: ExpansionPlan, backend: str = "auto",
     target.train(model.training)
     target.lemon_layers = plan.layers  # lets lemon.verify line up layers after custom positions
     return target
-
-
-def _source_layer_name(plan: ExpansionPlan, model, name: str) -> str:
-    from .architectures import find_family
-
-    match = find_family(model.config).match_layer(name)
-    if not match:
-        return name
-    source_layer = plan.layers[int(match.group(1))][0]
-    return name[: match.start(1)] + str(source_layer) + name[match.end(1):]
 
 
 def _set(module: torch.nn.Module, name: str, value: torch.Tensor, buffer: bool = False) -> None:

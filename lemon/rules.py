@@ -193,7 +193,7 @@ def plan_expansion(model: torch.nn.Module, *, hidden_size=None, intermediate_siz
                              f"adapter has no role for, so lemon cannot expand it losslessly. "
                              f"Add its pattern to lemon/architectures/{family.name}.py") from None
 
-    ffn_widths = [params[n].shape[_axis_dim(r, k)] for n, (r, _, _) in roles.items()
+    ffn_widths = [params[n].shape[_axis_dim(r, k)] for n, (r, _) in roles.items()
                   for k, kind in enumerate(r.axes) if kind in ("ffn", "ffn_in")]
     source = read_sizes(family, config, ffn_widths[0] if ffn_widths else 0)
     target, layer_positions = resolve(family, source, {
@@ -225,7 +225,7 @@ def plan_expansion(model: torch.nn.Module, *, hidden_size=None, intermediate_siz
 
     tensors: dict[str, TensorPlan] = {}
     target_tied: dict[str, str] = {}
-    for name, (role, layer, match) in roles.items():
+    for name, (role, layer) in roles.items():
         if layer is None:
             targets = [(name, False, False)]
         else:
@@ -235,8 +235,7 @@ def plan_expansion(model: torch.nn.Module, *, hidden_size=None, intermediate_siz
                 next_inserted = t + 1 < len(layers) and layers[t + 1][1]
                 identity = family.post_norm and (
                     (role.tag == "attn_norm" and inserted) or (role.tag == "ffn_norm" and next_inserted))
-                new_name = name[: match.start(1)] + str(t) + name[match.end(1):]
-                targets.append((new_name, inserted, identity))
+                targets.append((family.in_layer(name, t), inserted, identity))
         for new_name, inserted, identity in targets:
             if name in tied:
                 owner = tied[name]

@@ -110,15 +110,20 @@ class Family:
     def match_layer(self, name: str) -> re.Match | None:
         return re.search(self.layer_pattern, name)
 
-    def role(self, name: str) -> tuple[Role, int | None, re.Match | None]:
-        """(role, layer index or None, layer match) of a parameter name; KeyError if unknown."""
+    def in_layer(self, name: str, layer: int) -> str:
+        """``name`` of a per-layer parameter or buffer, moved to layer ``layer``."""
+        match = self.match_layer(name)
+        return name[: match.start(1)] + str(layer) + name[match.end(1):] if match else name
+
+    def role(self, name: str) -> tuple[Role, int | None]:
+        """(role, layer index or None) of a parameter name; KeyError if unknown."""
         match = self.match_layer(name)
         if match:
             rest = name[match.end():]
             if rest in self.layer_params:
-                return self.layer_params[rest], int(match.group(1)), match
+                return self.layer_params[rest], int(match.group(1))
         else:
             for pattern, role in self.global_params.items():
                 if name == pattern or name.endswith("." + pattern):
-                    return role, None, None
+                    return role, None
         raise KeyError(name)
