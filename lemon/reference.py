@@ -90,7 +90,8 @@ def execute(plan: TensorPlan, source: torch.Tensor, out: torch.Tensor | None = N
     # chunk along the axis without noise: a chunk draws the noise axis whole, once
     chunk_axis = 0 if plan.noise_axis in (None, 1) else 1
     length = (r1 - r0, c1 - c0)
-    step = max(1, CHUNK_ELEMENTS // max(1, length[1 - chunk_axis]))
+    width = len(plan.axes[1 - chunk_axis]) if plan.has_noise else length[1 - chunk_axis]  # noise: whole axis
+    step = max(1, CHUNK_ELEMENTS // max(1, width))
     for start in range(0, length[chunk_axis], step):
         stop = min(start + step, length[chunk_axis])
         rs = slice(start, stop) if chunk_axis == 0 else slice(None)

@@ -92,8 +92,10 @@ class Family:
     layer_pattern: str  # regex; group 1 is the layer index, the rest of the name follows
     layer_params: dict[str, Role]
     global_params: dict[str, Role]
-    config_fields: dict[str, str | None]  # size name -> config attribute (None: not configurable)
     eps_field: str
+    # size name -> config attribute; a family without grouped-query attention maps KV heads to None
+    config_fields: dict[str, str | None] = field(default_factory=lambda: {
+        **{name: name for name in SIZE_NAMES}, "num_key_value_heads": None})
     head_dim_field: str | None = None  # config attribute that decouples head_dim from hidden_size
     inputs: str = "tokens"  # "tokens" | "pixels": what a random test input is
     notes: tuple[str, ...] = field(default=())

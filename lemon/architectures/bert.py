@@ -31,9 +31,6 @@ FAMILY = Family(
         "cls.predictions.bias": vector("keep"),
         "classifier": linear("keep", "stream_in"),
     }),
-    config_fields={"hidden_size": "hidden_size", "intermediate_size": "intermediate_size",
-                   "num_attention_heads": "num_attention_heads", "num_key_value_heads": None,
-                   "num_hidden_layers": "num_hidden_layers"},
     eps_field="layer_norm_eps",
     notes=("Post-LN widening is lossless only for integer multiples of the hidden size "
            "(a non-multiple measured 3e-2 to 5e-2 relative error), so other widths are refused.",

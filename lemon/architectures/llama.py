@@ -1,5 +1,5 @@
 """Llama and its close relatives (Mistral, Qwen2): RMSNorm, RoPE, SwiGLU, grouped-query attention."""
-from .base import Family, flatten, linear, matrix, vector
+from .base import SIZE_NAMES, Family, flatten, linear, matrix, vector
 
 FAMILY = Family(
     name="llama",
@@ -26,10 +26,7 @@ FAMILY = Family(
         "lm_head.weight": matrix("keep", "stream_in"),
         "score.weight": matrix("keep", "stream_in"),
     }),
-    config_fields={"hidden_size": "hidden_size", "intermediate_size": "intermediate_size",
-                   "num_attention_heads": "num_attention_heads",
-                   "num_key_value_heads": "num_key_value_heads",
-                   "num_hidden_layers": "num_hidden_layers"},
+    config_fields={name: name for name in SIZE_NAMES},
     eps_field="rms_norm_eps",
     head_dim_field="head_dim",
 )

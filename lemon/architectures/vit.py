@@ -30,9 +30,6 @@ FAMILY = Family(
         "pooler.dense": linear("keep", "stream_in"),
         "classifier": linear("keep", "stream_in"),
     }),
-    config_fields={"hidden_size": "hidden_size", "intermediate_size": "intermediate_size",
-                   "num_attention_heads": "num_attention_heads", "num_key_value_heads": None,
-                   "num_hidden_layers": "num_hidden_layers"},
     eps_field="layer_norm_eps",
     inputs="pixels",
 )
