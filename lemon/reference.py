@@ -12,7 +12,7 @@ import torch
 from .noise import standard_noise
 from .plan import MEAN, ONE, ZERO, TensorPlan
 
-CHUNK_ELEMENTS = 1 << 22
+CHUNK_ELEMENTS = 1 << 21  # int64 temporaries of 16 MiB: small enough for glibc to reuse
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -45,27 +45,35 @@ def _gather_index(source: torch.Tensor, n_source: int) -> torch.Tensor:
 def _noise(plan: TensorPlan, rows: torch.Tensor, cols: torch.Tensor, dtype) -> torch.Tensor:
     """Noise for the output view elements rows x cols (global indices), in view layout."""
     axis = plan.noise_axis
+    device = rows.device
     n_cols = plan.view_shape[1]
     along, other = (rows, cols) if axis == 0 else (cols, rows)
-    other_map = plan.axes[1 - axis].source.to(rows.device)
-    group_of, members = (t.to(rows.device) for t in plan.axes[axis].replica_groups)
+    group_of, members = (t.to(device) for t in plan.axes[axis].replica_groups)
 
-    # R over the whole noise axis: replica groups may reach outside the window
-    every = torch.arange(len(plan.axes[axis]), device=rows.device)
-    linear = every[None, :] * n_cols + other[:, None] if axis == 0 else other[:, None] * n_cols + every[None, :]
-    full = standard_noise(plan.noise_key, linear).to(dtype).mul_(plan.noise_std)
-    value = full[:, along]
-    groups = group_of[along]
-    sourced = groups >= 0
-    if sourced.any():
+    # Draw R only where it can be non-zero: free indices and groups of two or more anywhere on
+    # the noise axis (a group may reach outside the window). A group of one gets R - R = 0.
+    group_size = (members >= 0).sum(1)
+    needs_draw = group_of < 0
+    needs_draw[~needs_draw] = group_size[group_of[~needs_draw]] > 1
+    drawn = torch.nonzero(needs_draw).flatten()
+    slot = torch.full_like(group_of, -1)
+    slot[drawn] = torch.arange(drawn.numel(), device=device)
+    linear = drawn[None, :] * n_cols + other[:, None] if axis == 0 else other[:, None] * n_cols + drawn[None, :]
+    r = standard_noise(plan.noise_key, linear).to(dtype).mul_(plan.noise_std)
+
+    value = torch.zeros(other.numel(), along.numel(), dtype=dtype, device=device)
+    hit = torch.nonzero(slot[along] >= 0).flatten()
+    value[:, hit] = r[:, slot[along[hit]]]
+    grouped = hit[group_of[along[hit]] >= 0]
+    if grouped.numel():
         # zero-sum: subtract the group mean, accumulated in ascending member order
-        member_idx = members[groups[sourced]]  # [n, M], -1 padded
-        total = torch.zeros(other.numel(), member_idx.shape[0], dtype=dtype, device=rows.device)
-        for m in range(member_idx.shape[1]):
-            col = member_idx[:, m]
-            total += torch.where(col >= 0, full[:, col.clamp(min=0)], torch.zeros((), dtype=dtype))
-        value[:, sourced] -= total / (member_idx >= 0).sum(1).to(dtype)
-    value[other_map[other] == ZERO] = 0
+        member_slot = slot[members[group_of[along[grouped]]].clamp(min=0)]  # [n, M]
+        present = members[group_of[along[grouped]]] >= 0
+        total = torch.zeros(other.numel(), grouped.numel(), dtype=dtype, device=device)
+        for m in range(member_slot.shape[1]):
+            total += torch.where(present[:, m], r[:, member_slot[:, m]], torch.zeros((), dtype=dtype))
+        value[:, grouped] -= total / present.sum(1).to(dtype)
+    value[plan.axes[1 - axis].source.to(device)[other] == ZERO] = 0
     return value if axis == 1 else value.T
 
 
