@@ -1,0 +1,557 @@
+"""What whole-model expansion costs: ``lemon.expand(..., backend="reference")`` against the two
+memory-traffic ceilings of writing a model of the output's size.
+
+    python benchmarks/bench_expand.py [--quick] [--out benchmarks/results] [--profile]
+
+Per case (random weights, built offline from transformers configs) it measures, in a fresh
+subprocess so that earlier cases do not mask later ones' peak memory:
+
+* ``expand``: wall time of ``lemon.expand(model, ..., backend="reference", progress=False)``
+  (a first, cold run is reported on its own, and gives the peak memory; then the median of 3
+  more runs, or just the first if it took more than 30 s), and the same with ``noise_std=0``
+  (no symmetry-breaking noise: what noise generation costs);
+* ``clone``: ``v.clone()`` of every output tensor (fresh allocation + copy of the output size);
+* ``copy_``: ``dst.copy_(v)`` of every output tensor into preallocated, already touched tensors
+  (pure memory bandwidth);
+* the peak resident set size of the first expansion (``VmHWM``, reset just before it) against
+  the byte floor: source model bytes + output model bytes.
+
+It prints a table, writes every raw number plus machine info to ``<out>/bench_expand.json``
+and draws ``<out>/bench_expand.png``. ``--profile`` also runs cProfile on the first case and
+records the functions of ``lemon/`` with the largest cumulative time.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+# benchmark the lemon of this checkout, whatever an editable install elsewhere points to
+sys.path.insert(0, str(REPO))
+
+REPEAT_LIMIT_S = 30.0  # a first run longer than this is not repeated
+GB = 1e9
+
+# --------------------------------------------------------------------------- cases
+
+FULL_CASES = [
+    dict(name="gpt2-s -> 1024/4096", family="gpt2", dtype="float32",
+         source=dict(n_embd=768, n_layer=12, n_head=12, vocab_size=50257),
+         target=dict(hidden_size=1024, intermediate_size=4096)),
+    dict(name="gpt2-s -> 1536/6144 x24L", family="gpt2", dtype="float32",
+         source=dict(n_embd=768, n_layer=12, n_head=12, vocab_size=50257),
+         target=dict(hidden_size=1536, intermediate_size=6144, num_hidden_layers=24)),
+    dict(name="llama-1024 -> 2048 (x2)", family="llama", dtype="bfloat16",
+         source=dict(hidden_size=1024, num_hidden_layers=16, num_attention_heads=16,
+                     num_key_value_heads=4, intermediate_size=2816, vocab_size=32000),
+         target=dict(hidden_size=2048, intermediate_size=5632, num_attention_heads=32,
+                     num_key_value_heads=8)),
+    dict(name="llama-1024 -> 2048 (x2)", family="llama", dtype="float32",
+         source=dict(hidden_size=1024, num_hidden_layers=16, num_attention_heads=16,
+                     num_key_value_heads=4, intermediate_size=2816, vocab_size=32000),
+         target=dict(hidden_size=2048, intermediate_size=5632, num_attention_heads=32,
+                     num_key_value_heads=8)),
+]
+
+QUICK_CASES = [
+    dict(name="gpt2-tiny -> 96/320", family="gpt2", dtype="float32",
+         source=dict(n_embd=64, n_layer=2, n_head=4, vocab_size=1000, bos_token_id=0, eos_token_id=0),
+         target=dict(hidden_size=96, intermediate_size=320)),
+    dict(name="gpt2-tiny -> 128/512 x4L", family="gpt2", dtype="float32",
+         source=dict(n_embd=64, n_layer=2, n_head=4, vocab_size=1000, bos_token_id=0, eos_token_id=0),
+         target=dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4)),
+    dict(name="llama-tiny -> x2", family="llama", dtype="bfloat16",
+         source=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                     intermediate_size=176, vocab_size=1000),
+         target=dict(hidden_size=128, intermediate_size=352, num_attention_heads=8, num_key_value_heads=4)),
+    dict(name="llama-tiny -> x2", family="llama", dtype="float32",
+         source=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                     intermediate_size=176, vocab_size=1000),
+         target=dict(hidden_size=128, intermediate_size=352, num_attention_heads=8, num_key_value_heads=4)),
+]
+
+
+# --------------------------------------------------------------------------- memory
+
+def _status_kb(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def rss_bytes() -> int | None:
+    kb = _status_kb("VmRSS")
+    return None if kb is None else kb * 1024
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark (VmHWM, ru_maxrss) to the current RSS (Linux >= 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _malloc_trim() -> bool:
+    """Give glibc's free heap memory back to the kernel (what RSS counts beyond live tensors)."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        return True
+    except (OSError, AttributeError):
+        return False
+
+
+def peak_rss_bytes() -> int:
+    kb = _status_kb("VmHWM")
+    if kb is None:  # no /proc: ru_maxrss, in kB on Linux
+        import resource
+        kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb * 1024
+
+
+# --------------------------------------------------------------------------- models
+
+def build_source(case: dict):
+    """A random model of the case's shape, without transformers' (slow) default init: built on
+    the meta device, materialized empty on the CPU, filled with N(0, 0.02) (norm gains 1,
+    biases 0), ties and non-persistent buffers (rotary inv_freq) restored."""
+    import torch
+    import transformers as T
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    dtype = getattr(torch, case["dtype"])
+    if case["family"] == "gpt2":
+        config, cls = T.GPT2Config(**case["source"]), T.GPT2LMHeadModel
+    elif case["family"] == "llama":
+        config, cls = T.LlamaConfig(**case["source"]), T.LlamaForCausalLM
+    else:
+        raise ValueError(case["family"])
+    with torch.device("meta"):
+        model = cls(config)
+    model.to(dtype)
+    model.to_empty(device="cpu")
+    model.tie_weights()  # to_empty makes a new Parameter per module: re-tie the head
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("bias"):
+                param.zero_()
+            elif param.dim() == 1:  # LayerNorm / RMSNorm gains
+                param.fill_(1.0)
+            else:
+                param.normal_(0.0, 0.02, generator=gen)
+    for module_name, module in model.named_modules():
+        own = [n for n, b in module.named_buffers(recurse=False) if b is not None]
+        if not own:
+            continue
+        if not type(module).__name__.endswith("RotaryEmbedding"):
+            raise RuntimeError(f"{module_name} ({type(module).__name__}) has buffers {own} that "
+                               "to_empty left uninitialized and this benchmark cannot rebuild")
+        with torch.device("cpu"):
+            fresh = type(module)(config=model.config)
+        for n in own:
+            module._buffers[n] = fresh._buffers[n]
+    model.eval()
+    return model
+
+
+def unique_tensors(model) -> list:
+    """Every parameter and buffer once (tied parameters share one tensor)."""
+    seen, out = set(), []
+    for t in list(model.parameters()) + list(model.buffers()):
+        if id(t) not in seen:
+            seen.add(id(t))
+            out.append(t)
+    return out
+
+
+def nbytes(model) -> int:
+    return sum(t.numel() * t.element_size() for t in unique_tensors(model))
+
+
+def nparams(model) -> int:
+    return sum(p.numel() for p in model.parameters())  # parameters() skips tied duplicates
+
+
+# --------------------------------------------------------------------------- one case
+
+RUSAGE: list[dict] = []  # per timed call: what it was, wall, user and system CPU seconds, page faults
+
+
+def _timed(fn, label: str = ""):
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    start = time.perf_counter()
+    value = fn()
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    RUSAGE.append({"what": label, "wall_s": wall, "user_s": after.ru_utime - before.ru_utime,
+                   "sys_s": after.ru_stime - before.ru_stime,
+                   "minor_faults": after.ru_minflt - before.ru_minflt})
+    return wall, value
+
+
+def _repeat(fn, repeats: int, label: str) -> list[float]:
+    """Wall times of ``repeats`` runs of ``fn``."""
+    times = []
+    for _ in range(repeats):
+        gc.collect()
+        times.append(_timed(fn, label)[0])
+    return times
+
+
+def run_case(case: dict, repeats: int, verify: bool) -> dict:
+    import torch
+    import transformers as T
+
+    import lemon
+    import lemon.reference  # noqa: F401  (imported here so the RSS baseline includes every module)
+
+    _ = T.GPT2LMHeadModel, T.LlamaForCausalLM  # transformers imports these lazily
+    result = {"case": case, "torch_threads": torch.get_num_threads(), "loadavg_start": os.getloadavg(),
+              "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}}
+    gc.collect()
+    rss_start = rss_bytes()
+    t_build, small = _timed(lambda: build_source(case), "build source")
+    result["source_build_s"] = t_build
+    result["source_params"] = nparams(small)
+    result["source_bytes"] = nbytes(small)
+
+    def expand(noise_std=None):
+        return lemon.expand(small, backend="reference", progress=False, noise_std=noise_std,
+                            **case["target"])
+
+    # first run: peak memory, in a process that has done nothing but build the source
+    gc.collect()
+    rss_before = rss_bytes()
+    result["peak_reset"] = reset_peak_rss()
+    t_first, big = _timed(expand, "expand (first)")
+    result["rss_start_bytes"] = rss_start
+    result["rss_before_expand_bytes"] = rss_before
+    result["peak_rss_bytes"] = peak_rss_bytes()
+    result["rss_after_expand_bytes"] = rss_bytes()
+    result["rss_after_malloc_trim_bytes"] = _malloc_trim() and rss_bytes()  # freed, kept by malloc
+    result["target_params"] = nparams(big)
+    result["output_bytes"] = nbytes(big)
+    result["target_config"] = {k: getattr(big.config, k, None) for k in (
+        "hidden_size", "n_embd", "intermediate_size", "n_inner", "num_attention_heads", "n_head",
+        "num_key_value_heads", "num_hidden_layers", "n_layer") if getattr(big.config, k, None) is not None}
+    if verify and case["dtype"] == "float32":
+        result["verify_output_relative"] = lemon.verify(small, big).output_relative
+
+    # the ceilings, on the output tensors of the first run
+    outputs = [t.detach() for t in unique_tensors(big)]
+    clone_times = []
+    for _ in range(repeats + 1):  # the first is a warm-up, like the expansion's first run
+        gc.collect()
+        t, clones = _timed(lambda: [v.clone() for v in outputs], "clone")
+        clone_times.append(t)
+        del clones
+    result["clone_first_s"], clone_times = clone_times[0], clone_times[1:]
+    dst = [torch.empty_like(v) for v in outputs]
+    for d, v in zip(dst, outputs):  # touch every page first: copy_ below is bandwidth only
+        d.copy_(v)
+
+    def copy_all():
+        for d, v in zip(dst, outputs):
+            d.copy_(v)
+    copy_times = [_timed(copy_all, "copy_")[0] for _ in range(repeats)]
+    del dst, outputs, big
+    gc.collect()
+
+    def fresh(noise_std=None):
+        def fn():
+            expand(noise_std)  # the result is dropped: every run allocates its output anew
+        return fn
+    # the first run (above: peak memory, cold caches and allocator) is reported on its own;
+    # when it took <= 30 s, the expansion is timed `repeats` more times, else it is the timing
+    result["expand_first_s"] = t_first
+    result["expand_s"] = (_repeat(fresh(), repeats, "expand") if t_first <= REPEAT_LIMIT_S
+                          else [t_first])
+    result["expand_noise0_s"] = _repeat(fresh(0.0), 1, "expand noise_std=0")
+    if result["expand_noise0_s"][0] <= REPEAT_LIMIT_S:
+        result["expand_noise0_s"] += _repeat(fresh(0.0), repeats - 1, "expand noise_std=0")
+    result["clone_s"] = clone_times
+    result["copy_s"] = copy_times
+    result["loadavg_end"] = os.getloadavg()
+    result["worker_peak_rss_bytes"] = peak_rss_bytes()  # since the reset: ceilings and reruns too
+    result["rusage"] = RUSAGE
+    return result
+
+
+def profile_case(case: dict, top: int = 5) -> dict:
+    """cProfile one expansion; the lemon/ functions with the largest cumulative time."""
+    import cProfile
+    import pstats
+
+    import lemon
+
+    small = build_source(case)
+    lemon.expand(small, backend="reference", progress=False, **case["target"])  # warm up: as timed
+    gc.collect()
+    profiler = cProfile.Profile()
+    profiler.enable()
+    start = time.perf_counter()
+    lemon.expand(small, backend="reference", progress=False, **case["target"])
+    wall = time.perf_counter() - start
+    profiler.disable()
+    stats = pstats.Stats(profiler).stats  # (file, line, func) -> (cc, nc, tt, ct, callers)
+    lemon_dir = str(Path(lemon.__file__).resolve().parent)
+    rows = []
+    for (file, line, func), (cc, nc, tt, ct, _) in stats.items():
+        if str(Path(file).resolve()).startswith(lemon_dir):
+            rows.append({"function": f"lemon/{Path(file).resolve().relative_to(lemon_dir)}:{line}({func})",
+                         "calls": nc, "tottime_s": tt, "cumtime_s": ct})
+    rows.sort(key=lambda r: -r["cumtime_s"])
+    # what the executor's time goes to, below the top-level entry points
+    tottime = sorted(rows, key=lambda r: -r["tottime_s"])
+    return {"case": case["name"], "dtype": case["dtype"], "wall_s": wall,
+            "top_cumulative": rows[:top + 3], "top_tottime": tottime[:top]}
+
+
+# --------------------------------------------------------------------------- driver
+
+def _in_subprocess(mode: str, case: dict, repeats: int, verify: bool) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "result.json"
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", mode,
+               "--case", json.dumps(case), "--repeats", str(repeats), "--result", str(out)]
+        if verify:
+            cmd.append("--verify")
+        proc = subprocess.run(cmd, cwd=str(REPO))
+        if proc.returncode != 0:
+            raise RuntimeError(f"worker for {case['name']} ({case['dtype']}) failed with {proc.returncode}")
+        return json.loads(out.read_text())
+
+
+def machine_info() -> dict:
+    import torch
+    import transformers
+
+    cpu_model = None
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu_model = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), None)
+    except OSError:
+        pass
+    mem_total = None
+    try:
+        with open("/proc/meminfo") as f:
+            mem_total = int(next(l for l in f if l.startswith("MemTotal")).split()[1]) * 1024
+    except (OSError, StopIteration):
+        pass
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
+                                text=True).stdout.strip() or None
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "lemon"], cwd=REPO,
+                                    capture_output=True, text=True).stdout.strip())
+    except OSError:
+        commit, dirty = None, None
+    import hashlib
+    digest = hashlib.sha256()
+    for f in sorted((REPO / "lemon").rglob("*.py")):
+        digest.update(f.relative_to(REPO).as_posix().encode() + b"\0" + f.read_bytes())
+    return {
+        "cpu_count": os.cpu_count(),
+        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "cpu_model": cpu_model, "mem_total_bytes": mem_total,
+        "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+        "transformers": transformers.__version__, "python": platform.python_version(),
+        "platform": platform.platform(), "machine": platform.machine(),
+        "lemon_commit": commit, "lemon_dirty": dirty,
+        "lemon_sources_sha256": digest.hexdigest()[:16], "backend": "reference", "device": "cpu",
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+
+
+def summarize(r: dict) -> dict:
+    expand = statistics.median(r["expand_s"])
+    noise0 = statistics.median(r["expand_noise0_s"])
+    clone = statistics.median(r["clone_s"])
+    copy = statistics.median(r["copy_s"])
+    moved = r["source_bytes"] + r["output_bytes"]
+    return {
+        "expand_s": expand, "expand_noise0_s": noise0, "clone_s": clone, "copy_s": copy,
+        "ratio_clone": expand / clone, "ratio_copy": expand / copy,
+        "noise_share": (expand - noise0) / expand,
+        "gb_per_s": moved / expand / GB,
+        "peak_rss_delta_bytes": r["peak_rss_bytes"] - r["rss_start_bytes"],
+        "expand_rss_delta_bytes": r["peak_rss_bytes"] - r["rss_before_expand_bytes"],
+        "floor_bytes": moved,
+    }
+
+
+def _m(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.0f}M" if n >= 1e6 else f"{n / 1e3:.0f}k"
+
+
+def table(results: list[dict]) -> str:
+    head = (f"{'case':<26} {'dtype':<8} {'params src->tgt':>15} {'out GB':>7} {'expand s':>9} "
+            f"{'1st s':>7} {'noise=0 s':>9} {'clone s':>8} {'x clone':>8} {'x copy_':>8} {'GB/s':>6} "
+            f"{'peak RSS GB':>11} {'floor GB':>8}")
+    lines = [head, "-" * len(head)]
+    for r in results:
+        s = r["summary"]
+        n = len(r["expand_s"])
+        lines.append(
+            f"{r['case']['name']:<26} {r['case']['dtype']:<8} "
+            f"{_m(r['source_params']) + '->' + _m(r['target_params']):>15} "
+            f"{r['output_bytes'] / GB:>7.3f} {s['expand_s']:>7.2f}{'' if n > 1 else '¹':<2} "
+            f"{r['expand_first_s']:>7.2f} "
+            f"{s['expand_noise0_s']:>9.2f} {s['clone_s']:>8.3f} {s['ratio_clone']:>8.1f} "
+            f"{s['ratio_copy']:>8.1f} {s['gb_per_s']:>6.3f} "
+            f"{s['peak_rss_delta_bytes'] / GB:>11.2f} {s['floor_bytes'] / GB:>8.2f}")
+    lines.append("¹ one run (the first took > 30 s); otherwise the median of 3 after a first, cold run. "
+                 "GB/s = (source + output bytes) / expand time; "
+                 "peak RSS = peak of the first expansion minus the worker's RSS before building the "
+                 "source; floor = source + output bytes.")
+    checked = [r for r in results if "verify_output_relative" in r]
+    if checked:
+        lines.append("lemon.verify of the fp32 outputs, max relative output difference: " + ", ".join(
+            f"{r['case']['name']} {r['verify_output_relative']:.1e}" for r in checked))
+    return "\n".join(lines)
+
+
+def plot(results: list[dict], path: Path, title: str) -> None:
+    try:
+        import matplotlib
+    except ImportError:
+        print("matplotlib missing (pip install matplotlib): no chart", file=sys.stderr)
+        return
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = [("expand_s", "lemon.expand (reference)", "#d62728"),
+              ("expand_noise0_s", "lemon.expand, noise_std=0", "#ff9896"),
+              ("clone_s", "clone() of the output", "#1f77b4"),
+              ("copy_s", "copy_() into preallocated", "#2ca02c")]
+    def size(n):
+        return f"{n / GB:.2f} GB" if n >= 0.1 * GB else f"{n / 1e6:.1f} MB"
+    labels = [f"{r['case']['name']}\n{r['case']['dtype']}, {size(r['output_bytes'])} out" for r in results]
+    fig, ax = plt.subplots(figsize=(max(7.0, 2.6 * len(results)), 5.2))
+    width = 0.8 / len(series)
+    for k, (key, label, color) in enumerate(series):
+        xs = [i + (k - (len(series) - 1) / 2) * width for i in range(len(results))]
+        ys = [r["summary"][key] for r in results]
+        bars = ax.bar(xs, ys, width, label=label, color=color)
+        for bar, y in zip(bars, ys):
+            ax.annotate(f"{y:.3g}", (bar.get_x() + bar.get_width() / 2, y), ha="center", va="bottom",
+                        fontsize=7, xytext=(0, 1), textcoords="offset points")
+    k = 0  # the expansion's bars: mark its first (cold) run
+    xs = [i + (k - (len(series) - 1) / 2) * width for i in range(len(results))]
+    ax.scatter(xs, [r["expand_first_s"] for r in results], marker="_", s=400, color="black",
+               linewidths=2, zorder=3, label="lemon.expand, first (cold) run")
+    for i, r in enumerate(results):
+        ax.annotate(f"{r['summary']['ratio_clone']:.0f}x clone", (i, r["summary"]["expand_s"]),
+                    ha="center", va="bottom", fontsize=8, fontweight="bold", xytext=(0, 12),
+                    textcoords="offset points")
+    ax.set_yscale("log")
+    ax.set_ylabel("seconds (log scale)")
+    ax.set_xticks(range(len(results)))
+    ax.set_xticklabels(labels, fontsize=8)
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="y", which="both", alpha=0.25)
+    hi_first = max(r["expand_first_s"] for r in results)
+    ax.legend(fontsize=8, loc="upper left")
+    lo = min(r["summary"][k] for r in results for k, _, _ in series)
+    hi = max(r["summary"][k] for r in results for k, _, _ in series)
+    ax.set_ylim(lo / 2, max(hi, hi_first) * 6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny shapes: a smoke test in seconds")
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    parser.add_argument("--profile", action="store_true",
+                        help="also cProfile the first case and record lemon's top functions")
+    parser.add_argument("--cases", default=None, help="comma-separated case indices to run (default all)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-verify", action="store_true",
+                        help="skip lemon.verify of the fp32 outputs (a sanity check, not timed)")
+    # internal: one case in this (fresh) process
+    parser.add_argument("--worker", choices=["run", "profile"], help=argparse.SUPPRESS)
+    parser.add_argument("--case", help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    parser.add_argument("--verify", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.worker:
+        case = json.loads(args.case)
+        result = (run_case(case, args.repeats, args.verify) if args.worker == "run"
+                  else profile_case(case))
+        Path(args.result).write_text(json.dumps(result))
+        return 0
+
+    cases = QUICK_CASES if args.quick else FULL_CASES
+    if args.cases:
+        cases = [cases[int(i)] for i in args.cases.split(",")]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    info = machine_info()
+    print(f"lemon expansion benchmark ({'quick' if args.quick else 'full'}): reference executor, "
+          f"{info['cpu_count']} CPUs, torch {info['torch']} ({info['torch_threads']} threads), "
+          f"{info['platform']}", flush=True)
+    started = time.perf_counter()
+    results = []
+    for case in cases:
+        t0 = time.perf_counter()
+        print(f"  {case['name']} ({case['dtype']}) ...", end=" ", flush=True)
+        r = _in_subprocess("run", case, args.repeats, not args.no_verify)
+        r["summary"] = summarize(r)
+        results.append(r)
+        print(f"expand {r['summary']['expand_s']:.2f}s, case total {time.perf_counter() - t0:.0f}s",
+              flush=True)
+    profile = None
+    if args.profile:
+        print(f"  cProfile of {cases[0]['name']} ({cases[0]['dtype']}) ...", flush=True)
+        profile = _in_subprocess("profile", cases[0], 1, False)
+    total = time.perf_counter() - started
+
+    print()
+    print(table(results))
+    if profile:
+        print(f"\ncProfile, {profile['case']} ({profile['dtype']}), second run, {profile['wall_s']:.1f}s "
+              "under the profiler; lemon/ functions by cumulative time:")
+        for row in profile["top_cumulative"]:
+            print(f"  {row['cumtime_s']:8.2f}s cum {row['tottime_s']:7.2f}s own {row['calls']:6d} calls  "
+                  f"{row['function']}")
+        print("  by own time:")
+        for row in profile["top_tottime"]:
+            print(f"  {row['tottime_s']:8.2f}s own {row['cumtime_s']:7.2f}s cum {row['calls']:6d} calls  "
+                  f"{row['function']}")
+    print(f"\nbenchmark wall time {total:.0f}s")
+
+    record = {"mode": "quick" if args.quick else "full", "machine": info, "wall_s": total,
+              "repeat_limit_s": REPEAT_LIMIT_S, "results": results, "profile": profile}
+    (out / "bench_expand.json").write_text(json.dumps(record, indent=1))
+    plot(results, out / "bench_expand.png",
+         f"lemon.expand (reference executor) vs clone/copy_ of the output — "
+         f"{info['cpu_count']}-core CPU, torch {info['torch']}")
+    print(f"wrote {out / 'bench_expand.json'} and {out / 'bench_expand.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
