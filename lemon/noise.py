@@ -64,16 +64,21 @@ def tensor_key(seed: int, tensor_name: str) -> int:
     return hash32_int(seed_word ^ zlib.crc32(tensor_name.encode()))
 
 
-def hash32(x):
-    """lowbias32 on an int64 tensor holding values in [0, 2^32), in place.
+def _signed32(value: int) -> int:
+    return value - (1 << 32) if value >= 1 << 31 else value
 
-    int64 multiplication wraps modulo 2^64, which keeps the low 32 bits exact.
+
+def hash32(x):
+    """lowbias32 on an int32 tensor (the 32 bits as two's complement), in place.
+
+    int32 multiplication wraps modulo 2^32 as uint32 does; right shifts sign-extend, so each
+    one is masked back to a logical shift. Half the bytes of int64 arithmetic: ~2x faster.
     """
-    x ^= x >> 16
-    x.mul_(0x7FEB352D).bitwise_and_(MASK32)
-    x ^= x >> 15
-    x.mul_(0x846CA68B).bitwise_and_(MASK32)
-    x ^= x >> 16
+    x ^= (x >> 16) & 0xFFFF
+    x.mul_(_signed32(0x7FEB352D))
+    x ^= (x >> 15) & 0x1FFFF
+    x.mul_(_signed32(0x846CA68B))
+    x ^= (x >> 16) & 0xFFFF
     return x
 
 
@@ -81,11 +86,12 @@ def standard_noise(key: int, index):
     """Unit-variance noise (fp32) for the int64 element indices ``index`` of one tensor."""
     import torch
 
+    low = index.to(torch.int32)  # int64 -> int32 keeps the low 32 bits
     if index.numel() == 0 or int(index.max()) <= MASK32:
-        u = hash32(index ^ hash32_int(key))  # the high word is 0: its hash is one constant
+        u = hash32(low ^ _signed32(hash32_int(key)))  # the high word is 0: its hash is one constant
     else:
-        u = hash32(hash32(index >> 32 ^ key) ^ (index & MASK32))
-    centred = (u & 0xFFFF).add_(u >> 16).sub_(NORMAL_OFFSET)  # an exact integer in fp32
+        u = hash32(hash32((index >> 32).to(torch.int32) ^ _signed32(key)) ^ low)
+    centred = (u & 0xFFFF).add_((u >> 16) & 0xFFFF).sub_(NORMAL_OFFSET)  # an exact integer in fp32
     return centred.to(torch.float32).mul_(torch.tensor(NORMAL_SCALE, dtype=torch.float32))
 
 
