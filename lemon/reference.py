@@ -43,7 +43,8 @@ def _gather_index(source: torch.Tensor, n_source: int) -> torch.Tensor:
 
 
 def _noise(plan: TensorPlan, rows: torch.Tensor, cols: torch.Tensor, dtype) -> torch.Tensor:
-    """Noise for the output view elements rows x cols (global indices), in view layout."""
+    """Noise for the output view elements rows x cols (global indices), in view layout.
+    Works in [noise-axis index, other index] layout, so every gather is of whole rows."""
     axis = plan.noise_axis
     device = rows.device
     n_cols = plan.view_shape[1]
@@ -58,23 +59,24 @@ def _noise(plan: TensorPlan, rows: torch.Tensor, cols: torch.Tensor, dtype) -> t
     drawn = torch.nonzero(needs_draw).flatten()
     slot = torch.full_like(group_of, -1)
     slot[drawn] = torch.arange(drawn.numel(), device=device)
-    linear = drawn[None, :] * n_cols + other[:, None] if axis == 0 else other[:, None] * n_cols + drawn[None, :]
-    r = standard_noise(plan.noise_key, linear).to(dtype).mul_(plan.noise_std)
+    linear = drawn[:, None] * n_cols + other[None, :] if axis == 0 else other[None, :] * n_cols + drawn[:, None]
+    r = standard_noise(plan.noise_key, linear).to(dtype).mul_(plan.noise_std)  # [drawn, other]
 
-    value = torch.zeros(other.numel(), along.numel(), dtype=dtype, device=device)
+    value = torch.zeros(along.numel(), other.numel(), dtype=dtype, device=device)
     hit = torch.nonzero(slot[along] >= 0).flatten()
-    value[:, hit] = r[:, slot[along[hit]]]
+    value.index_copy_(0, hit, r.index_select(0, slot[along[hit]]))
     grouped = hit[group_of[along[hit]] >= 0]
     if grouped.numel():
         # zero-sum: subtract the group mean, accumulated in ascending member order
-        member_slot = slot[members[group_of[along[grouped]]].clamp(min=0)]  # [n, M]
-        present = members[group_of[along[grouped]]] >= 0
-        total = torch.zeros(other.numel(), grouped.numel(), dtype=dtype, device=device)
-        for m in range(member_slot.shape[1]):
-            total += torch.where(present[:, m], r[:, member_slot[:, m]], torch.zeros((), dtype=dtype))
-        value[:, grouped] -= total / present.sum(1).to(dtype)
-    value[plan.axes[1 - axis].source.to(device)[other] == ZERO] = 0
-    return value if axis == 1 else value.T
+        group_members = members[group_of[along[grouped]]]  # [n, M], -1 padded
+        present = group_members >= 0
+        member_slot = slot[group_members.clamp(min=0)]
+        total = torch.zeros(grouped.numel(), other.numel(), dtype=dtype, device=device)
+        for m in range(group_members.shape[1]):
+            total += r.index_select(0, member_slot[:, m]).mul_(present[:, m, None])
+        value.index_add_(0, grouped, total.div_(present.sum(1, keepdim=True)).neg_())
+    value[:, plan.axes[1 - axis].source.to(device)[other] == ZERO] = 0
+    return value.T if axis == 1 else value
 
 
 def execute(plan: TensorPlan, source: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
