@@ -224,8 +224,9 @@ def plan_expansion(model: torch.nn.Module, *, hidden_size=None, intermediate_siz
         sources_of.setdefault(s, []).append(t)
 
     tensors: dict[str, TensorPlan] = {}
-    target_tied: dict[str, str] = {}
     for name, (role, layer) in roles.items():
+        if name in tied:  # tied tensors (embeddings, heads) live outside the layers: same name
+            continue
         if layer is None:
             targets = [(name, False, False)]
         else:
@@ -237,17 +238,13 @@ def plan_expansion(model: torch.nn.Module, *, hidden_size=None, intermediate_siz
                     (role.tag == "attn_norm" and inserted) or (role.tag == "ffn_norm" and next_inserted))
                 targets.append((family.in_layer(name, t), inserted, identity))
         for new_name, inserted, identity in targets:
-            if name in tied:
-                owner = tied[name]
-                target_tied[new_name] = owner  # tied tensors live outside the layers
-                continue
             tensors[new_name] = rules.plan(new_name, name, tuple(params[name].shape), role,
                                            twins if inserted else regular, inserted, identity)
 
     return ExpansionPlan(
         family=family.name, source_sizes=source.as_dict(), target_sizes=target.as_dict(),
         config=target_config(family, config, source, target, layers), tensors=tensors,
-        tied=target_tied, layers=layers, seed=seed, noise_std=noise_std, notes=list(family.notes))
+        tied=tied, layers=layers, seed=seed, noise_std=noise_std, notes=list(family.notes))
 
 
 def _axis_dim(role: Role, view_axis: int) -> int:
