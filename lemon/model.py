@@ -33,6 +33,13 @@ def expand(model: torch.nn.Module, *, hidden_size: int | None = None,
     ``initializer_range``; 0: plain copies). ``seed`` keys the counter-based noise, so the
     same call gives bit-identical weights. ``model`` is left untouched; the result has the
     source's dtype, device and train/eval mode, and its ``config`` has the new sizes.
+
+    Noise goes only where the function leaves freedom: replicas of a weight that is summed
+    (fan-in columns, fan-out of copied heads and neurons) get zero-sum noise, weights that read
+    a known zero get fresh noise, inserted layers get cancelling output weights. Key/value
+    projections are not summed, so more KV heads alone have no freedom: the new KV heads are
+    exact copies. That is no lasting symmetry: each copy serves different query heads, so
+    their gradients differ from the first step.
     """
     plan = plan_expansion(model, hidden_size=hidden_size, intermediate_size=intermediate_size,
                           num_attention_heads=num_attention_heads,
