@@ -117,6 +117,16 @@ def _random_scale(rng: random.Random, n: int):
     return torch.tensor([rng.uniform(-1.5, 1.5) for _ in range(n)], dtype=torch.float32)
 
 
+def plan_with_noise_on(noise_axis: int, noise: Axis, other: Axis, n_source_noise: int, n_source_other: int,
+                       name: str, std: float, seed: int = 0) -> TensorPlan:
+    """A 2-D plan whose noise lies on ``noise_axis``, with the given maps for that axis and the other."""
+    axes = [noise, other] if noise_axis == 0 else [other, noise]
+    src_shape = (n_source_noise, n_source_other) if noise_axis == 0 else (n_source_other, n_source_noise)
+    return TensorPlan(name=name, source=name, source_shape=src_shape,
+                      shape=(len(axes[0]), len(axes[1])), split=1, axes=tuple(axes),
+                      noise_axis=noise_axis, noise_std=std, noise_key=tensor_key(seed, name))
+
+
 def random_plan(seed: int, n_rows: int, n_cols: int, noise_axis, n_src_rows=None, n_src_cols=None,
                 std: float = 0.05) -> tuple[TensorPlan, torch.Tensor]:
     rng = random.Random(seed)
@@ -163,14 +173,8 @@ def test_execute_matches_the_oracle_with_replica_groups_and_free_zero_entries(no
     other_map = torch.tensor([0, 1, MEAN, ONE, ZERO, 1, 0])
     noise_scale = torch.tensor([0.5, 0.25, 0.5, 0.5, 0.75, 0.5, 1.0, 1.0])
     other_scale = torch.tensor([1.0, -2.0, 0.5, 3.0, 1.0, 1.0, 0.125])
-    axes = [Axis(noise_map, noise_scale), Axis(other_map, other_scale)]
-    src_shape = [3, 2]
-    if noise_axis == 1:
-        axes.reverse()
-        src_shape.reverse()
-    plan = TensorPlan(name="w", source="w", source_shape=tuple(src_shape),
-                      shape=(len(axes[0]), len(axes[1])), split=1, axes=tuple(axes),
-                      noise_axis=noise_axis, noise_std=0.3, noise_key=tensor_key(0, "w"))
+    plan = plan_with_noise_on(noise_axis, Axis(noise_map, noise_scale), Axis(other_map, other_scale),
+                              3, 2, name="w", std=0.3)
     source = torch.tensor([[1.0, -2.0], [0.5, 4.0], [-3.0, 0.25]])
     if noise_axis == 1:
         source = source.T.contiguous()
@@ -229,14 +233,9 @@ def test_replicas_of_a_split_axis_sum_to_the_source_even_with_noise(split_axis, 
 
     split_map = circular(n_out, n_src)
     other = 6
-    axes = [Axis(split_map, split_scale(split_map)), Axis(torch.arange(other))]
-    src_shape = [n_src, other]
-    if split_axis == 1:
-        axes.reverse()
-        src_shape.reverse()
-    plan = TensorPlan(name="split", source="split", source_shape=tuple(src_shape),
-                      shape=(len(axes[0]), len(axes[1])), split=1, axes=tuple(axes),
-                      noise_axis=split_axis, noise_std=0.5, noise_key=tensor_key(1, "split"))
+    plan = plan_with_noise_on(split_axis, Axis(split_map, split_scale(split_map)), Axis(torch.arange(other)),
+                              n_src, other, name="split", std=0.5, seed=1)
+    src_shape = list(plan.source_shape)
     source = torch.randn(*src_shape, generator=torch.Generator().manual_seed(n_out))
     out = execute(plan, source).double()
     summed = torch.zeros(src_shape, dtype=torch.float64)
