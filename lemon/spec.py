@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass
 
 from .architectures import Family
@@ -37,10 +38,14 @@ def read_sizes(family: Family, config, intermediate_from_weights: int) -> Sizes:
                  head_dim=head_dim or hidden // heads)
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)  # numpy ints too
+
+
 def _check_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    if not _is_int(value) or value <= 0:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
+    return int(value)
 
 
 def _multiples_near(value: int, step: int, at_least: int) -> str:
@@ -116,12 +121,12 @@ def resolve(family: Family, source: Sizes, requested: dict, layer_positions) -> 
 
     layers = req["num_hidden_layers"]
     if layer_positions is not None:
-        layer_positions = list(layer_positions)
+        layer_positions = [int(p) if _is_int(p) else p for p in layer_positions]
         if layers is None:
             layers = source.num_hidden_layers + len(layer_positions)
         new = layers - source.num_hidden_layers
         if (len(layer_positions) != new or len(set(layer_positions)) != new
-                or any(isinstance(p, bool) or not isinstance(p, int) or not 1 <= p < layers
+                or any(not _is_int(p) or not 1 <= p < layers
                        for p in layer_positions)):
             raise ValueError(
                 f"layer_positions must list {new} distinct target-layer indices in [1, {layers}) "

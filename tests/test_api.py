@@ -108,3 +108,12 @@ def test_demo_runs_and_reports_lossless(capsys):
     for family in ("bert", "vit", "gpt2", "llama"):
         assert f"\n{family} " in out
     assert "lossless" in out
+
+
+def test_numpy_integers_are_accepted_as_sizes_and_positions():
+    import numpy as np
+
+    plan = lemon.expand_plan(make_model("gpt2"), hidden_size=np.int64(64), num_hidden_layers=np.int32(4),
+                             layer_positions=np.array([1, 3]))
+    assert plan.target_sizes["hidden_size"] == 64
+    assert plan.layers == [(0, False), (0, True), (1, False), (1, True)]
