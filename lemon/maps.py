@@ -57,10 +57,10 @@ def blocks(unit_map: torch.Tensor, block: int) -> torch.Tensor:
 
 def split_scale(index: torch.Tensor) -> torch.Tensor:
     """1 / (number of replicas) for every sourced index: replicas of a fan-in weight sum to it."""
-    scale = torch.zeros(index.numel(), dtype=torch.float32)
+    scale = torch.zeros(index.numel(), dtype=torch.float64)
     sourced = index >= 0
     _, inverse, counts = torch.unique(index[sourced], return_inverse=True, return_counts=True)
-    scale[sourced] = 1.0 / counts[inverse].to(torch.float32)
+    scale[sourced] = 1.0 / counts[inverse].to(torch.float64)
     return scale
 
 

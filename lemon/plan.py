@@ -9,20 +9,36 @@ ViT's CLS token ``(1, hidden)``). Over that view, with S the source view::
 ``row``/``col`` hold a source index per output index, or a special value:
 ``ZERO`` (the element is 0 and wins over everything), ``ONE`` (the element is 1,
 e.g. an identity-affine norm), ``MEAN`` (the mean of S along that axis: LEMON's
-average expansion). Noise lives on at most one axis, the *noise axis*:
+average expansion). S~ is S *extended* by a mean, a ones and a zeros row and
+column, so that every index is a plain gather: along an axis of source length n,
+the *extended index* of a source index s is s, of MEAN n, of ONE n + 1, of ZERO n + 2.
+The means are a side input that every executor takes from :meth:`TensorPlan.means`
+rather than computing its own: fp64 means by a fixed pairwise tree of additions
+(:func:`mean_along`), so they have the same bits on every device and thread count.
 
-* the output indices of that axis that share a source index form a *replica
-  group*; each element gets ``R(i, j) - mean of R over its group`` (zero-sum),
-  so the replicas of a split weight still sum to the original. A group of one
-  gets exactly zero.
-* output indices of that axis with source ``ZERO`` get ``R`` itself (free
-  weights that multiply an input known to be zero).
-* elements whose *other* axis index is ``ZERO`` get no noise: they must stay 0.
+Noise lives on at most one axis, the *noise axis*: the axis that is summed when the
+tensor is used (a fan-in weight's input axis, a fan-out weight's replicas). The
+other axis is not summed: its indices with the same source are *replicas* that must
+compute bit-identical values in the expanded model, or their fp32 round-off differs
+and noisy weights amplify the difference layer after layer. So noise is a function
+of the other axis's extended index (its *class*), never of its position:
 
-``R(i, j) = std * standard_noise(key, i * n_cols + j)`` (see :mod:`lemon.noise`);
-the group mean is accumulated in fp32 in ascending output-index order, then
-divided by the group size. Arithmetic is in fp32 (fp64 for fp64 sources) in the
-order written above, rounded once to the output dtype.
+    counter(i, j) = class * len(noise axis) + t      (t: the noise-axis index, class: the other's)
+    c(i, j)       = centred integer of (key, counter)   (see :mod:`lemon.noise`)
+    noise(i, j)   = c(i, j) * free                      t's source is ZERO: a free weight,
+                                                        multiplying an input known to be 0
+                  = (c(i, j) - c at next(t)) * replica  t's source is s >= 0
+
+where ``next(t)`` is the next larger noise-axis index with the same source, wrapping to
+the smallest: over a replica group the differences telescope to exactly 0 (integers), so
+the replicas of a split weight still sum to the original, and a group of one gets 0.
+``free`` and ``replica`` are :func:`lemon.noise.scales` of the plan's ``noise_std``.
+Elements whose other-axis index is ZERO get no noise: they must stay 0.
+
+Arithmetic is in fp32 (fp64 for fp64 sources), rounded once to the output dtype:
+``((S~ * row_scale) * col_scale) + noise``, scales and means rounded from their fp64
+values, the integer difference exact, ``free``/``replica`` rounded once from fp64. IEEE
+arithmetic in this order gives every executor the same bits, signed zeros included.
 
 A plan carries the *whole* tensor's maps plus a ``window`` of the view it
 covers: :meth:`TensorPlan.restrict` gives the plan of a block, whose noise is
@@ -46,33 +62,39 @@ class Axis:
     """The source index (or ZERO/MEAN/ONE) and scale of every output index of one view axis."""
 
     source: torch.Tensor  # int64 [n]
-    scale: torch.Tensor | None = None  # float32 [n]; None means 1 everywhere
+    scale: torch.Tensor | None = None  # float64 [n] (exact enough for fp64 models); None: 1 everywhere
 
     def __post_init__(self):
-        if self.scale is not None and self.scale.shape != self.source.shape:
-            raise ValueError("an axis needs one scale per output index")
+        if self.scale is not None:
+            if self.scale.shape != self.source.shape:
+                raise ValueError("an axis needs one scale per output index")
+            object.__setattr__(self, "scale", self.scale.to(torch.float64))
 
     def __len__(self) -> int:
         return self.source.numel()
 
+    def extended(self, n_source: int) -> torch.Tensor:
+        """Extended indices into S~ (see the module docstring): the gather index, and the noise class."""
+        return extended_index(self.source, n_source)
+
     @cached_property
-    def replica_groups(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(group_of, members)``: the replica group of every output index (-1 if not
-        sourced), and per group its output indices in ascending order, padded with -1."""
+    def next_replica(self) -> torch.Tensor:
+        """Per output index, the next larger index with the same source, wrapping to the smallest
+        of the group (itself for a group of one); -1 where the source is special."""
+        nxt = torch.full_like(self.source, -1)
         sourced = torch.nonzero(self.source >= 0).flatten()
-        group_of = torch.full_like(self.source, -1)
         if sourced.numel() == 0:
-            return group_of, torch.empty(0, 1, dtype=torch.int64)
-        groups, inverse, counts = torch.unique(
-            self.source[sourced], return_inverse=True, return_counts=True
-        )
-        group_of[sourced] = inverse
-        order = torch.sort(inverse, stable=True).indices  # members ascending within a group
-        starts = torch.cumsum(counts, 0) - counts
-        rank = torch.arange(sourced.numel()) - torch.repeat_interleave(starts, counts)
-        members = torch.full((groups.numel(), int(counts.max())), -1, dtype=torch.int64)
-        members[inverse[order], rank] = sourced[order]
-        return group_of, members
+            return nxt
+        order = torch.sort(self.source[sourced], stable=True)  # groups together, members ascending
+        members, groups = sourced[order.indices], order.values
+        starts = torch.ones_like(groups, dtype=torch.bool)
+        starts[1:] = groups[1:] != groups[:-1]
+        first = members[starts][torch.cumsum(starts, 0) - 1]  # the first member of each one's group
+        last = torch.ones_like(starts)
+        last[:-1] = starts[1:]
+        following = torch.roll(members, -1)
+        nxt[members] = torch.where(last, first, following)
+        return nxt
 
     def is_new(self) -> torch.Tensor:
         """True for output indices that are not the first copy of a source index."""
@@ -84,6 +106,33 @@ class Axis:
             seen_before[first] = False
             new[sourced] = seen_before
         return new
+
+
+def mean_along(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """The fp64 mean of a 2-D ``x`` along ``dim``, summed by a fixed pairwise tree of elementwise
+    additions (line i plus line i + half, a last odd line carried up): elementwise IEEE
+    additions in a fixed order give the same bits on every device and thread count, where a
+    library reduction's order depends on both. Works in blocks of ~2^20 elements."""
+    x = x.movedim(dim, 0)
+    n, width = x.shape
+    out = torch.empty(width, dtype=torch.float64, device=x.device)
+    step = max(1, (1 << 20) // n)
+    for start in range(0, width, step):
+        part = x[:, start:start + step].to(torch.float64)
+        while part.shape[0] > 1:
+            half = part.shape[0] // 2
+            pairs = part[:half] + part[half:2 * half]
+            part = torch.cat([pairs, part[2 * half:]]) if part.shape[0] % 2 else pairs
+        out[start:start + step] = part[0] / n
+    return out
+
+
+def extended_index(source: torch.Tensor, n_source: int) -> torch.Tensor:
+    index = source.clone()
+    index[source == MEAN] = n_source
+    index[source == ONE] = n_source + 1
+    index[source == ZERO] = n_source + 2
+    return index
 
 
 def _first_occurrence(values: torch.Tensor):
@@ -142,6 +191,17 @@ class TensorPlan:
             raise ValueError(f"block [{start}, {stop}) outside axis {axis} of length {hi - lo}")
         block[axis] = (lo + start, lo + stop)
         return replace(self, window=tuple(block))
+
+    def means(self, source_view: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None,
+                                                         torch.Tensor | None]:
+        """The side input of MEAN indices, fp64 (see :func:`mean_along`), computed only where the
+        plan uses it: (per source row, its mean along axis 1: for MEAN columns; per source
+        column, its mean along axis 0: for MEAN rows; the mean of the row means: for both)."""
+        mean_rows, mean_cols = (bool((a.source == MEAN).any()) for a in self.axes)
+        row_means = mean_along(source_view, 1) if mean_cols else None
+        col_means = mean_along(source_view, 0) if mean_rows else None
+        total = mean_along(row_means[:, None], 0) if mean_rows and mean_cols else None
+        return row_means, col_means, total
 
     def new_mask(self) -> torch.Tensor:
         """Boolean tensor of ``shape``: True where the element is new (not a copy of the

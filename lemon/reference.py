@@ -1,32 +1,47 @@
 """The reference executor: a plan carried out with plain PyTorch indexing.
 
-It is the oracle every other executor is tested against, and the CPU fallback.
-It works through the plan's window in chunks along the axis that carries no
-noise, so its temporaries stay bounded (~``CHUNK_ELEMENTS`` elements) whatever
-the tensor size, and it writes each output element once.
+It is the oracle every other executor is tested against, and the CPU fallback. It writes
+each output element once, keeps its temporaries bounded (about ``CHUNK_ELEMENTS`` elements
+each) whatever the tensor size, and works in few, large operations: every torch operation is
+a parallel region that waits for its slowest thread, so on a machine where another process
+holds a core thousands of small ones cost far more than their arithmetic.
+
+Noise depends on the axis that is not summed only through its class (see :mod:`lemon.plan`),
+so the executor walks that axis in class order and draws each chunk's noise once per class:
+replicas share one draw, and a k-times wider axis costs no more hashing. Along the noise axis
+a replica needs one other integer (its next replica's), whatever the size of its group. Noise
+is drawn in the output's layout, so it is added without a transpose.
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import torch
 
-from .noise import standard_noise
-from .plan import MEAN, ONE, ZERO, TensorPlan
+from .noise import centred, centred_at, scales
+from .plan import ZERO, TensorPlan
 
-CHUNK_ELEMENTS = 1 << 21  # int64 temporaries of 16 MiB: small enough for glibc to reuse
+CHUNK_ELEMENTS = 1 << 20  # 4 MiB per fp32/int32 temporary: cache-sized, and many chunks to share out
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _extended_source(source_view: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """The source view with a MEAN, a ONE and a ZERO row and column appended, so that
-    every plan index (special or not) is a plain gather."""
+def _extended_source(plan: TensorPlan, source_view: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """S~: the source view with a MEAN, a ONE and a ZERO row and column appended, so that
+    every extended index is a plain gather. Means the plan does not use stay NaN."""
     rows, cols = source_view.shape
     ext = torch.empty(rows + 3, cols + 3, dtype=dtype, device=source_view.device)
     ext[:rows, :cols] = source_view
-    ext[:rows, cols] = ext[:rows, :cols].mean(1)
-    ext[rows, : cols + 1] = ext[:rows, : cols + 1].mean(0)
+    ext[rows, :] = ext[:, cols] = float("nan")
+    row_means, col_means, total = plan.means(source_view)
+    if row_means is not None:
+        ext[:rows, cols] = row_means
+    if col_means is not None:
+        ext[rows, :cols] = col_means
+    if total is not None:
+        ext[rows, cols] = total
     ext[rows + 1, :] = 1
     ext[:, cols + 1] = 1
     ext[rows + 2, :] = 0  # ZERO wins over ONE and MEAN
@@ -34,54 +49,114 @@ def _extended_source(source_view: torch.Tensor, dtype: torch.dtype) -> torch.Ten
     return ext
 
 
-def _gather_index(source: torch.Tensor, n_source: int) -> torch.Tensor:
-    index = source.clone()
-    index[source == MEAN] = n_source
-    index[source == ONE] = n_source + 1
-    index[source == ZERO] = n_source + 2
-    return index
+# Gathers and scatters of a 2-D tensor along either dim. Along dim 1 torch.gather/scatter_
+# (row by row) run 2-3x faster than index_select/index_copy_ (column by column).
+def _take(x: torch.Tensor, dim: int, index: torch.Tensor | None) -> torch.Tensor:
+    if index is None:
+        return x
+    return x.index_select(0, index) if dim == 0 else torch.gather(x, 1, index.expand(x.shape[0], -1))
 
 
-def _noise(plan: TensorPlan, rows: torch.Tensor, cols: torch.Tensor, dtype) -> torch.Tensor:
-    """Noise for the output view elements rows x cols (global indices), in view layout.
-    Works in [noise-axis index, other index] layout, so every gather is of whole rows."""
-    axis = plan.noise_axis
-    device = rows.device
-    n_cols = plan.view_shape[1]
-    along, other = (rows, cols) if axis == 0 else (cols, rows)
-    group_of, members = (t.to(device) for t in plan.axes[axis].replica_groups)
+def _put(x: torch.Tensor, dim: int, index: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    if dim == 0:
+        return x.index_copy_(0, index, values)
+    return x.scatter_(1, index.expand(x.shape[0], -1), values)
 
-    # Draw R only where it can be non-zero: free indices and groups of two or more anywhere on
-    # the noise axis (a group may reach outside the window). A group of one gets R - R = 0.
-    group_size = (members >= 0).sum(1)
-    needs_draw = group_of < 0
-    needs_draw[~needs_draw] = group_size[group_of[~needs_draw]] > 1
-    drawn = torch.nonzero(needs_draw).flatten()
-    slot = torch.full_like(group_of, -1)
-    slot[drawn] = torch.arange(drawn.numel(), device=device)
-    linear = drawn[:, None] * n_cols + other[None, :] if axis == 0 else other[None, :] * n_cols + drawn[:, None]
-    r = standard_noise(plan.noise_key, linear).to(dtype).mul_(plan.noise_std)  # [drawn, other]
 
-    value = torch.zeros(along.numel(), other.numel(), dtype=dtype, device=device)
-    hit = torch.nonzero(slot[along] >= 0).flatten()
-    value.index_copy_(0, hit, r.index_select(0, slot[along[hit]]))
-    grouped = hit[group_of[along[hit]] >= 0]
-    if grouped.numel():
-        # zero-sum: subtract the group mean, accumulated in ascending member order
-        group_members = members[group_of[along[grouped]]]  # [n, M], -1 padded
-        present = group_members >= 0
-        member_slot = slot[group_members.clamp(min=0)]
-        total = torch.zeros(grouped.numel(), other.numel(), dtype=dtype, device=device)
-        for m in range(group_members.shape[1]):
-            total += r.index_select(0, member_slot[:, m]).mul_(present[:, m, None])
-        value.index_add_(0, grouped, total.div_(present.sum(1, keepdim=True)).neg_())
-    value[:, plan.axes[1 - axis].source.to(device)[other] == ZERO] = 0
-    return value.T if axis == 1 else value
+class _NoiseAxis:
+    """What the noise axis contributes to every chunk, worked out once per window:
+    which counters to draw, and where each output index finds its own and its next
+    replica's integer among them."""
+
+    def __init__(self, plan: TensorPlan, device: torch.device, dtype: torch.dtype):
+        self.axis = axis = plan.noise_axis
+        lo, hi = plan.block[axis]
+        plan_axis = plan.axes[axis]
+        t = torch.arange(lo, hi)
+        source, following = plan_axis.source[lo:hi], plan_axis.next_replica[lo:hi]
+        free = source == ZERO
+        paired = (source >= 0) & (following != t)  # a group of one gets c - c = 0
+        counters = torch.unique(torch.cat([t[free | paired], following[paired]]))  # sorted
+        self.n_axis = len(plan_axis)
+        self.width = hi - lo
+        self.counters = counters.to(device)
+        self.key = plan.noise_key
+        position = lambda u: torch.searchsorted(counters, u).to(device)  # noqa: E731
+        everything_paired = bool(paired.all()) and counters.numel() == self.width
+        self.paired = None if everything_paired else torch.nonzero(paired).flatten().to(device)
+        self.paired_self = None if everything_paired else position(t[paired])
+        self.paired_next = position(following[paired])
+        self.free = torch.nonzero(free).flatten().to(device)
+        self.free_self = position(t[free])
+        free_scale, replica_scale = scales(plan.noise_std)
+        self.free_scale = torch.tensor(free_scale, dtype=dtype, device=device)  # rounded once
+        self.replica_scale = torch.tensor(replica_scale, dtype=dtype, device=device)
+        self.dtype = dtype
+
+    def draw(self, classes: torch.Tensor) -> torch.Tensor:
+        """Noise for the given other-axis classes over the window, in output layout:
+        ``[classes, window]`` for noise on axis 1, ``[window, classes]`` for axis 0."""
+        a = self.axis
+        c = self._centred(classes)
+        replica = torch.sub(_take(c, a, self.paired_self), _take(c, a, self.paired_next))
+        replica = replica.to(self.dtype).mul_(self.replica_scale)
+        if self.paired is None:  # every index of the window has a next replica: nothing else to fill
+            return replica
+        shape = (classes.numel(), self.width) if a == 1 else (self.width, classes.numel())
+        noise = torch.zeros(shape, dtype=self.dtype, device=classes.device)
+        _put(noise, a, self.paired, replica)
+        if self.free.numel():
+            free = _take(c, a, self.free_self).to(self.dtype).mul_(self.free_scale)
+            _put(noise, a, self.free, free)
+        return noise
+
+    def _centred(self, classes: torch.Tensor) -> torch.Tensor:
+        """The centred integers at counter class * n_axis + t, in output layout."""
+        a, n = self.axis, self.n_axis
+        first = classes * n
+        shape = (-1, 1) if a == 1 else (1, -1)
+        along = (1, -1) if a == 1 else (-1, 1)
+        if int(classes.max() + 1) * n < 2**31:  # the usual case: the counter fits int32 arithmetic
+            low = first.to(torch.int32).view(shape) + self.counters.to(torch.int32).view(along)
+            return centred(self.key, low)
+        return centred_at(self.key, first.view(shape) + self.counters.view(along))
+
+
+def _single_threaded() -> None:
+    torch.set_num_threads(1)  # this worker's operations run inline, with no OpenMP team
+
+
+def _for_each(fill, starts: range, workers: int) -> None:
+    """Run independent chunks on ``workers`` threads, each chunk's operations single-threaded."""
+    if workers <= 1 or len(starts) <= 1:
+        for start in starts:
+            fill(start)
+        return
+    with ThreadPoolExecutor(min(workers, len(starts)), initializer=_single_threaded) as pool:
+        for _ in pool.map(fill, starts):  # in order; re-raises a chunk's error here
+            pass
 
 
 def execute(plan: TensorPlan, source: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """Fill ``out`` (allocated if None: the plan's window, in the source's dtype and view layout
-    reshaped to the stored shape when the window is the whole tensor) from ``source``."""
+    reshaped to the stored shape when the window is the whole tensor) from ``source``.
+
+    On the CPU it parallelizes by chunk, not by operation: the calling thread runs single-threaded
+    and the chunks go to as many worker threads as torch had intra-op threads. An OpenMP team per
+    operation waits at every barrier for its slowest thread, so with another process on one core
+    each of thousands of operations would cost a scheduler time slice; independent chunks just
+    proceed. The thread count is restored on return."""
+    threads = torch.get_num_threads()
+    if source.device.type != "cpu" or threads == 1:
+        return _execute(plan, source, out, workers=1)
+    torch.set_num_threads(1)
+    try:
+        return _execute(plan, source, out, workers=threads)
+    finally:
+        torch.set_num_threads(threads)  # also the default of threads that start later
+
+
+def _execute(plan: TensorPlan, source: torch.Tensor, out: torch.Tensor | None, workers: int) -> torch.Tensor:
     if tuple(source.shape) != tuple(plan.source_shape):
         raise ValueError(f"{plan.name}: source {plan.source} has shape {tuple(source.shape)}, "
                          f"the plan expects {tuple(plan.source_shape)}")
@@ -91,29 +166,40 @@ def execute(plan: TensorPlan, source: torch.Tensor, out: torch.Tensor | None = N
     if out is None:
         out = torch.empty(plan.shape if whole else (r1 - r0, c1 - c0), dtype=source.dtype, device=device)
     out_view = out.view(r1 - r0, c1 - c0)
-    ext = _extended_source(source.reshape(plan.source_view_shape), dtype)
-    n_rows, n_cols = plan.source_view_shape
-    row_index = _gather_index(plan.axes[0].source[r0:r1], n_rows).to(device)
-    col_index = _gather_index(plan.axes[1].source[c0:c1], n_cols).to(device)
-    row_scale, col_scale = (None if a.scale is None else a.scale.to(device) for a in plan.axes)
+    ext = _extended_source(plan, source.reshape(plan.source_view_shape), dtype)
+    index, scale = [], []
+    for axis, (lo, hi), n_source in zip(plan.axes, plan.block, plan.source_view_shape):
+        index.append(axis.extended(n_source)[lo:hi].to(device))
+        scale.append(None if axis.scale is None else axis.scale[lo:hi].to(device=device, dtype=dtype))
 
-    # chunk along the axis without noise: a chunk draws the noise axis whole, once
-    chunk_axis = 0 if plan.noise_axis in (None, 1) else 1
-    length = (r1 - r0, c1 - c0)
-    width = len(plan.axes[1 - chunk_axis]) if plan.has_noise else length[1 - chunk_axis]  # noise: whole axis
-    step = max(1, CHUNK_ELEMENTS // max(1, width))
-    for start in range(0, length[chunk_axis], step):
-        stop = min(start + step, length[chunk_axis])
-        rs = slice(start, stop) if chunk_axis == 0 else slice(None)
-        cs = slice(start, stop) if chunk_axis == 1 else slice(None)
-        block = ext.index_select(0, row_index[rs]).index_select(1, col_index[cs])
-        if row_scale is not None:
-            block *= row_scale[r0:r1][rs].to(dtype)[:, None]
-        if col_scale is not None:
-            block *= col_scale[c0:c1][cs].to(dtype)[None, :]
-        if plan.has_noise:
-            rows = torch.arange(r0, r1, device=device)[rs]
-            cols = torch.arange(c0, c1, device=device)[cs]
-            block += _noise(plan, rows, cols, dtype)
-        out_view[rs, cs] = block
+    # walk the axis that carries no noise (rows without noise); chunks span the other whole
+    walk = 0 if plan.noise_axis in (None, 1) else 1
+    across = 1 - walk
+    noise = _NoiseAxis(plan, device, dtype) if plan.has_noise else None
+    if noise is None:
+        positions, classes = torch.arange(index[walk].numel(), device=device), None
+    else:  # class order: replicas land in one chunk and share one draw
+        classes, positions = torch.sort(index[walk], stable=True)
+    step = max(1, CHUNK_ELEMENTS // max(1, out_view.shape[across]))
+
+    def fill(start: int) -> None:  # one chunk of whole lines along the walked axis
+        at = positions[start:start + step]
+        block = _take(_take(ext, walk, index[walk][at]), across, index[across])
+        for axis in (0, 1):
+            if scale[axis] is not None:
+                factor = scale[axis][at] if axis == walk else scale[axis]
+                block *= factor[:, None] if axis == 0 else factor[None, :]
+        if noise is not None:
+            uniq, inverse = torch.unique_consecutive(classes[start:start + step], return_inverse=True)
+            drawn = noise.draw(uniq)
+            if int(uniq[-1]) == plan.source_view_shape[walk] + 2:  # ZERO's class: no noise, stays 0
+                drawn.narrow(walk, uniq.numel() - 1, 1).zero_()
+            block += drawn if uniq.numel() == at.numel() else _take(drawn, walk, inverse)
+        first = int(at[0])
+        if int(at[-1]) - first + 1 == at.numel() and bool((at[1:] > at[:-1]).all()):
+            out_view.narrow(walk, first, at.numel()).copy_(block)  # a contiguous run
+        else:
+            _put(out_view, walk, at, block.to(out.dtype))
+
+    _for_each(fill, range(0, positions.numel(), step), workers)
     return out

@@ -107,13 +107,21 @@ class Rules:
             return Axis(index, maps.split_scale(index))
         index = self.index(kind, length, units)
         if kind == "norm":
-            return Axis(index, torch.full((index.numel(),), self.eta, dtype=torch.float32))
+            return Axis(index, torch.full((index.numel(),), self.eta, dtype=torch.float64))
         return Axis(index)
 
     def plan(self, name: str, source_name: str, source_shape: tuple[int, ...], role: Role,
-             units: UnitMaps, inserted: bool = False, identity_norm: bool = False) -> TensorPlan:
+             units: UnitMaps, inserted: bool = False, identity_norm: bool = False,
+             query_scale: float = 1.0) -> TensorPlan:
         view = (math.prod(source_shape[: role.split]), math.prod(source_shape[role.split:]))
         axes = [self.axis(kind, view[a], units) for a, kind in enumerate(role.axes)]
+        if query_scale != 1.0:  # the query rows, in q_proj or the q section of a fused q/k/v
+            n_query = self.target.num_attention_heads * self.target.head_dim
+            for a, kind in enumerate(role.axes):
+                if kind in ("heads", "qkv"):
+                    factor = torch.ones(len(axes[a]), dtype=torch.float64)
+                    factor[:n_query] = query_scale
+                    axes[a] = _scaled(axes[a], factor)
         if identity_norm:  # post-norm depth: gain 1, bias 0
             axes[1] = Axis(torch.full_like(axes[1].source, ONE if role.axes[1] == "norm" else ZERO))
         if role.tag == "final_norm" and self.tied_head:
@@ -130,8 +138,8 @@ class Rules:
             noise_key=tensor_key(self.seed, name), inserted=inserted)
 
 
-def _scaled(axis: Axis, factor: float) -> Axis:
-    scale = axis.scale if axis.scale is not None else torch.ones(len(axis))
+def _scaled(axis: Axis, factor: float | torch.Tensor) -> Axis:
+    scale = axis.scale if axis.scale is not None else torch.ones(len(axis), dtype=torch.float64)
     return Axis(axis.source, scale * factor)
 
 
@@ -239,12 +247,24 @@ def plan_expansion(model: torch.nn.Module, *, hidden_size=None, intermediate_siz
                 targets.append((family.in_layer(name, t), inserted, identity))
         for new_name, inserted, identity in targets:
             tensors[new_name] = rules.plan(new_name, name, tuple(params[name].shape), role,
-                                           twins if inserted else regular, inserted, identity)
+                                           twins if inserted else regular, inserted, identity,
+                                           query_scale(family, config, layer, new_name))
 
     return ExpansionPlan(
         family=family.name, source_sizes=source.as_dict(), target_sizes=target.as_dict(),
         config=target_config(family, config, source, target, layers), tensors=tensors,
         tied=tied, layers=layers, seed=seed, noise_std=noise_std, notes=list(family.notes))
+
+
+def query_scale(family: Family, config, source_layer: int | None, target_name: str) -> float:
+    """GPT-2's ``scale_attn_by_inverse_layer_idx`` divides layer l's attention scores by l + 1, so
+    a layer that moves from index s to t would see them divided by t + 1 instead: its query
+    rows are multiplied by (t + 1) / (s + 1) to keep every score as it was."""
+    flag = family.inverse_layer_scaling
+    if source_layer is None or not (flag and getattr(config, flag, False)):
+        return 1.0
+    target_layer = int(family.match_layer(target_name).group(1))
+    return (target_layer + 1) / (source_layer + 1)
 
 
 def _axis_dim(role: Role, view_axis: int) -> int:

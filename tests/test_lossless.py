@@ -175,3 +175,44 @@ def test_rmsnorm_needs_a_zero_residue_stream(monkeypatch):
     assert verify(small, lemon.expand(small, hidden_size=48, progress=False)).output_relative <= BOUND
     monkeypatch.setattr(Family, "stream_form", property(lambda self: "avg"))
     assert verify(small, lemon.expand(small, hidden_size=48, progress=False)).output_relative > 1e-3
+
+
+@pytest.mark.parametrize("kwargs", [dict(num_hidden_layers=4), dict(num_hidden_layers=5),
+                                    dict(num_hidden_layers=4, layer_positions=[2, 3]),
+                                    dict(num_hidden_layers=4, layer_positions=[1, 2], hidden_size=64)],
+                         ids=["interleaved", "above_2x", "appended", "custom_and_width"])
+def test_gpt2_attention_scaled_by_inverse_layer_index_is_lossless(kwargs, monkeypatch):
+    """With scale_attn_by_inverse_layer_idx, layer l divides its scores by l + 1: a layer moved
+    from s to t gets its query rows multiplied by (t + 1) / (s + 1). Without that the function
+    changes (relative 1e-4 here, 5e-2 on GPT-2-small)."""
+    import transformers as T
+
+    from lemon import rules
+
+    small = make_model("gpt2")
+    small.config.scale_attn_by_inverse_layer_idx = True
+    for block in small.transformer.h:
+        block.attn.scaling /= float(block.attn.layer_idx + 1)
+        with torch.no_grad():
+            block.attn.c_attn.weight[:, :64] *= 4  # sharper attention: a wrong scale shows more
+    assert verify(small, lemon.expand(small, progress=False, **kwargs)).output_relative <= BOUND
+    reloaded = T.GPT2LMHeadModel(small.config).eval()
+    reloaded.load_state_dict(small.state_dict())
+    assert verify(small, reloaded).output_relative == 0  # the flag is what the model does
+    if kwargs.get("layer_positions") == [2, 3]:
+        return  # appended layers: no original layer moves, and inserted ones write zero
+    monkeypatch.setattr(rules, "query_scale", lambda *args: 1.0)
+    assert verify(small, lemon.expand(small, progress=False, **kwargs)).output_relative > 10 * BOUND
+
+
+@pytest.mark.parametrize("family,kwargs", [("gpt2", dict(hidden_size=96)), ("gpt2", dict(hidden_size=40)),
+                                           ("vit", dict(hidden_size=80, num_hidden_layers=3)),
+                                           ("bert", dict(hidden_size=96))])
+def test_fp64_models_are_exact_to_fp64_round_off(family, kwargs):
+    """Scales (1/k, eta) are fp64 in the plan and rounded once to the model's dtype, so an fp64
+    expansion is exact to fp64 round-off (they were fp32 once: 6e-8). Llama's RMSNorm computes
+    in fp32 even in fp64 models, so its bound is fp32's."""
+    small = make_model(family, dtype=torch.float64)
+    big = lemon.expand(small, progress=False, **kwargs)
+    assert all(p.dtype == torch.float64 for p in big.parameters())
+    assert verify(small, big).output_relative <= 1e-13

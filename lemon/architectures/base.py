@@ -98,6 +98,8 @@ class Family:
         **{name: name for name in SIZE_NAMES}, "num_key_value_heads": None})
     head_dim_field: str | None = None  # config attribute that decouples head_dim from hidden_size
     inputs: str = "tokens"  # "tokens" | "pixels": what a random test input is
+    # config flag that divides layer l's attention scores by l + 1 (GPT-2); see rules.query_scale
+    inverse_layer_scaling: str | None = None
     notes: tuple[str, ...] = field(default=())
 
     @property

@@ -27,4 +27,5 @@ FAMILY = Family(
                    "num_attention_heads": "n_head", "num_key_value_heads": None,
                    "num_hidden_layers": "n_layer"},
     eps_field="layer_norm_epsilon",
+    inverse_layer_scaling="scale_attn_by_inverse_layer_idx",
 )
