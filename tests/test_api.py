@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import warnings
@@ -10,9 +11,11 @@ import pytest
 import torch
 
 import lemon
-from lemon.verify import verify
+from lemon.verification import verify
 
 from conftest import make_model
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_source_model_is_left_untouched():
@@ -117,3 +120,25 @@ def test_numpy_integers_are_accepted_as_sizes_and_positions():
                              layer_positions=np.array([1, 3]))
     assert plan.target_sizes["hidden_size"] == 64
     assert plan.layers == [(0, False), (0, True), (1, False), (1, True)]
+
+
+def test_verify_stays_callable_after_importing_its_module():
+    import lemon.verification  # noqa: F401  (used to replace the function lemon.verify)
+
+    small = make_model("gpt2")
+    report = lemon.verify(small, lemon.expand(small, hidden_size=64, progress=False))
+    assert report.output_relative <= 1e-5
+
+
+def run_here(*args: str) -> subprocess.CompletedProcess:
+    """Run a command in a fresh process that imports the lemon of this checkout."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))}
+    return subprocess.run(args, capture_output=True, text=True, env=env, cwd=REPO)
+
+
+def test_dir_lists_the_public_api_without_importing_torch():
+    code = ("import sys, lemon; names = dir(lemon); "
+            "print(all(n in names for n in ('expand', 'expand_plan', 'verify', 'available_backends', "
+            "'__version__')), 'torch' in sys.modules)")
+    out = run_here(sys.executable, "-c", code)
+    assert out.stdout.split() == ["True", "False"], out.stderr

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import lemon
-from lemon.verify import verify
+from lemon.verification import verify
 
 from conftest import make_model
 
