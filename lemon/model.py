@@ -30,8 +30,9 @@ def expand(model: torch.nn.Module, *, hidden_size: int | None = None,
     Sizes left as None stay as they are (the number of heads follows ``hidden_size``, head
     dimension fixed). ``layer_positions`` are the target indices of new layers (default:
     spread evenly). ``noise_std`` is the symmetry-breaking scale (None: the config's
-    ``initializer_range``; 0: plain copies). ``seed`` keys the counter-based noise, so the
-    same call gives bit-identical weights. ``model`` is left untouched; the result has the
+    ``initializer_range``; 0: plain copies). ``seed`` (an integer in [0, 2**64)) keys the
+    counter-based noise, so the same call gives bit-identical weights. At least one size must
+    grow, and the target config must pass its class's own validation (``config.validate()``). ``model`` is left untouched; the result has the
     source's dtype, device and train/eval mode, and its ``config`` has the new sizes.
 
     Noise goes only where the function leaves freedom: replicas of a weight that is summed

@@ -42,6 +42,71 @@ def _is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)  # numpy ints too
 
 
+SEED_LIMIT = 2**64  # the noise key reads 64 bits of the seed (lemon.noise.tensor_key)
+
+
+def check_seed(seed) -> int:
+    """``seed`` as a Python int: an integer (numpy integers too) in [0, 2**64)."""
+    if not _is_int(seed):
+        hint = _as_int_hint(seed)
+        raise TypeError(f"seed must be an integer (a Python int or numpy integer), got {seed!r} of type "
+                        f"{type(seed).__name__}: pass e.g. seed={hint if hint is not None else 0}")
+    if not 0 <= seed < SEED_LIMIT:
+        raise ValueError(f"seed={seed} is outside [0, 2**64): the noise key reads 64 bits of the seed, so "
+                         f"it would silently equal seed={int(seed) % SEED_LIMIT}; choose a seed in [0, 2**64)")
+    return int(seed)
+
+
+def _as_int_hint(value) -> int | None:
+    """The integer a mistyped seed most likely meant ("7", 7.0), for the error message."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return int(number) if number.is_integer() and 0 <= number < SEED_LIMIT else None
+
+
+def check_noise_std(noise_std) -> float | None:
+    """``noise_std`` as a float (None stays None: the config's initializer_range)."""
+    if noise_std is None:
+        return None
+    if not isinstance(noise_std, numbers.Real) or isinstance(noise_std, bool):
+        raise TypeError(f"noise_std must be a real number such as 0.02 (0 turns symmetry breaking off, "
+                        f"None uses the config's initializer_range), got {noise_std!r} of type "
+                        f"{type(noise_std).__name__}")
+    value = float(noise_std)
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"noise_std must be a finite number >= 0 (0 turns symmetry breaking off, None uses "
+                         f"the config's initializer_range), got {noise_std!r}")
+    return value
+
+
+def check_layer_positions(layer_positions) -> list | None:
+    """``layer_positions`` as a list (its values are checked against the sizes in :func:`resolve`)."""
+    if layer_positions is None:
+        return None
+    if _is_int(layer_positions):
+        raise TypeError(f"layer_positions must be a list of target-layer indices, got the single integer "
+                        f"{layer_positions!r}: pass a list such as [{int(layer_positions)}]")
+    if isinstance(layer_positions, (str, bytes)):
+        raise TypeError(f"layer_positions must be a list of target-layer indices, got the string "
+                        f"{layer_positions!r}: pass a list of integers such as [2]")
+    try:
+        return list(layer_positions)
+    except TypeError:
+        raise TypeError(f"layer_positions must be a list of target-layer indices, got {layer_positions!r} "
+                        f"of type {type(layer_positions).__name__}: pass a list such as [2]") from None
+
+
+def require_growth(source: Sizes, requested: dict, layer_positions) -> None:
+    """Refuse a request that changes nothing: it would only copy the model, noise-free."""
+    if layer_positions or any(v is not None and v != getattr(source, k) for k, v in requested.items()):
+        return
+    current = ", ".join(f"{name}={getattr(source, name)}" for name in requested)
+    raise ValueError(f"nothing to expand: every size is None or equal to the source's. Pass at least one "
+                     f"larger size among the keywords {', '.join(requested)}; the source has {current}")
+
+
 def _check_int(name: str, value) -> int:
     if not _is_int(value) or value <= 0:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")

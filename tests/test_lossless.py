@@ -43,6 +43,13 @@ GQA = {  # 4 query heads / 2 KV heads (g = 2) in the source
                             intermediate_size=150, num_hidden_layers=5),
 }
 
+# LlamaConfig.validate() refuses a hidden size that is not a multiple of the heads (32 with 6 heads):
+# lemon could build it, but it could not be saved (see test_errors). Llama takes heads dividing 32.
+LLAMA_CONFIG_VALID = {
+    "heads_and_kv_group_kept": dict(num_attention_heads=8, num_key_value_heads=4),
+    "group_shrinks_rearranged": dict(num_attention_heads=8, num_key_value_heads=8),
+}
+
 
 def cases():
     for family in ("gpt2", "gpt2_base", "gpt2_classifier", "vit", "vit_base"):
@@ -55,7 +62,7 @@ def cases():
     for family in ("llama", "llama_tied", "llama_base", "llama_classifier", "mistral", "qwen2"):
         for case, kw in {**COMMON, **NON_MULTIPLE, **GQA}.items():
             if case != "heads_with_hidden":  # 5 heads fit no KV group of 2: see test_errors
-                yield family, case, kw
+                yield family, case, LLAMA_CONFIG_VALID.get(case, kw) if family.startswith("llama") else kw
     for case, kw in {**COMMON, **NON_MULTIPLE}.items():
         yield "llama_mha_bias", case, kw
 
