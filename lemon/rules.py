@@ -41,7 +41,7 @@ from .architectures import Family, Role, find_family
 from .architectures.base import SPLIT_KINDS
 from .noise import tensor_key
 from .plan import ONE, ZERO, Axis, ExpansionPlan, TensorPlan
-from .spec import (Sizes, check_layer_positions, check_noise_std, check_seed, read_sizes, require_growth,
+from .spec import (Sizes, check_layer_positions, check_noise_std, check_seed, model_sizes, require_growth,
                    resolve)
 
 SPLIT_OF = {"stream_in": "stream_zero", "heads_in": "heads", "ffn_in": "ffn"}
@@ -197,9 +197,7 @@ def plan_expansion(model: torch.nn.Module, *, hidden_size=None, intermediate_siz
                              f"adapter has no role for, so lemon cannot expand it losslessly. "
                              f"Add its pattern to lemon/architectures/{family.name}.py") from None
 
-    ffn_widths = [params[n].shape[_axis_dim(r, k)] for n, (r, _) in roles.items()
-                  for k, kind in enumerate(r.axes) if kind in ("ffn", "ffn_in")]
-    source = read_sizes(family, config, ffn_widths[0] if ffn_widths else 0)
+    source = model_sizes(model)
     requested = {"hidden_size": hidden_size, "intermediate_size": intermediate_size,
                  "num_attention_heads": num_attention_heads, "num_key_value_heads": num_key_value_heads,
                  "num_hidden_layers": num_hidden_layers}
@@ -309,8 +307,3 @@ def check_target_parameters(model: torch.nn.Module, config, tensors: dict[str, T
 
 def _names(names: list[str], limit: int = 5) -> str:
     return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
-
-
-def _axis_dim(role: Role, view_axis: int) -> int:
-    """The stored dim of a parameter that carries view axis ``view_axis`` (FFN width lookup)."""
-    return 0 if view_axis == 0 else role.split

@@ -5,7 +5,7 @@ import math
 import numbers
 from dataclasses import asdict, dataclass
 
-from .architectures import Family
+from .architectures import SIZE_NAMES, Family, find_family
 from .maps import gqa_feasible
 
 
@@ -36,6 +36,32 @@ def read_sizes(family: Family, config, intermediate_from_weights: int) -> Sizes:
                  num_attention_heads=heads, num_key_value_heads=kv_heads,
                  num_hidden_layers=getattr(config, fields["num_hidden_layers"]),
                  head_dim=head_dim or hidden // heads)
+
+
+def model_sizes(model) -> Sizes:
+    """The sizes of a transformers model of a supported family (the FFN width from its weights)."""
+    family = find_family(model.config)
+    for name, param in model.named_parameters(remove_duplicate=False):
+        try:
+            role, _ = family.role(name)
+        except KeyError:
+            continue  # plan_expansion refuses unknown parameters; here they just carry no size
+        for axis, kind in enumerate(role.axes):
+            if kind in ("ffn", "ffn_in"):
+                return read_sizes(family, model.config, param.shape[0 if axis == 0 else role.split])
+    return read_sizes(family, model.config, 0)
+
+
+def check_source_and_expansion(small, big) -> None:
+    """``small`` must be the source and ``big`` its expansion: at least as large in every size
+    and larger in one (catches swapped arguments)."""
+    a, b = model_sizes(small), model_sizes(big)
+    smaller = [f"{n} {getattr(b, n)} < {getattr(a, n)}" for n in SIZE_NAMES if getattr(b, n) < getattr(a, n)]
+    if smaller or a == b:
+        why = f"the second is smaller ({', '.join(smaller)})" if smaller else "both have the same sizes"
+        raise ValueError(f"lemon.verify(small, big): the first argument must be the source (smaller) model "
+                         f"and the second its expansion, but {why}: call lemon.verify(small, big) with the "
+                         f"model you expanded first")
 
 
 def _is_int(value) -> bool:

@@ -142,3 +142,21 @@ def test_dir_lists_the_public_api_without_importing_torch():
             "'__version__')), 'torch' in sys.modules)")
     out = run_here(sys.executable, "-c", code)
     assert out.stdout.split() == ["True", "False"], out.stderr
+
+
+def test_verify_refuses_swapped_arguments():
+    small = make_model("llama")
+    big = lemon.expand(small, num_hidden_layers=3, progress=False)
+    with pytest.raises(ValueError, match=r"first argument must be the source \(smaller\) model") as err:
+        lemon.verify(big, small)
+    assert "num_hidden_layers 2 < 3" in str(err.value)
+    with pytest.raises(ValueError, match="same sizes"):
+        lemon.verify(small, small)
+
+
+def test_verify_names_the_worst_of_the_main_outputs():
+    small = make_model("bert_base")  # last_hidden_state and pooler_output, both of hidden width
+    report = lemon.verify(small, lemon.expand(small, hidden_size=64, progress=False))
+    assert set(report.outputs) == {"last_hidden_state", "pooler_output"}
+    assert report.output_name in report.outputs and report.output_relative == max(report.outputs.values())
+    assert report.output_relative <= 1e-5 and report.output_name in str(report)
