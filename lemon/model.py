@@ -33,7 +33,7 @@ def expand(model: torch.nn.Module, *, hidden_size: int | None = None,
     ``initializer_range``; 0: plain copies). ``seed`` (an integer in [0, 2**64)) keys the
     counter-based noise, so the same call gives bit-identical weights. At least one size must
     grow, and the target config must pass its class's own validation (``config.validate()``). ``model`` is left untouched; the result has the
-    source's dtype, device and train/eval mode, and its ``config`` has the new sizes.
+    source's dtype, device and train/eval modes (module by module), and its ``config`` has the new sizes.
 
     Noise goes only where the function leaves freedom: replicas of a weight that is summed
     (fan-in columns, fan-out of copied heads and neurons) get zero-sum noise, weights that read
@@ -83,16 +83,31 @@ def build(model: torch.nn.Module, plan: ExpansionPlan, backend: str = "auto",
     family = find_family(model.config)
     source_buffers = dict(model.named_buffers(remove_duplicate=False))
     for name, meta in target.named_buffers(remove_duplicate=False):
-        match = family.match_layer(name)
-        source_name = family.in_layer(name, plan.layers[int(match.group(1))][0]) if match else name
+        source_name = _source_name(family, plan.layers, name)
         buffer = source_buffers.get(source_name)
         if buffer is None or buffer.shape != meta.shape:
             raise RuntimeError(f"cannot fill buffer {name} of the expanded model from the source "
                                f"({source_name}: {None if buffer is None else tuple(buffer.shape)})")
         _set(target, name, buffer.clone(), buffer=True)
-    target.train(model.training)
+    _copy_modes(model, target, family, plan.layers)
     target.lemon_layers = plan.layers  # lets lemon.verify line up layers after custom positions
     return target
+
+
+def _source_name(family, layers: list[tuple[int, bool]], name: str) -> str:
+    """The source name of a target parameter, buffer or module: the same, except that a name
+    inside target layer t moves to the source layer t was made from."""
+    match = family.match_layer(name + ".")  # a layer's own module name has no trailing dot
+    return family.in_layer(name + ".", layers[int(match.group(1))][0])[:-1] if match else name
+
+
+def _copy_modes(model: torch.nn.Module, target: torch.nn.Module, family, layers) -> None:
+    """Each target submodule takes the train/eval flag of its source submodule (a user may keep
+    dropout off in part of a model); modules of an inserted layer take the copied layer's."""
+    source_modules = dict(model.named_modules(remove_duplicate=False))
+    for name, module in target.named_modules(remove_duplicate=False):
+        source = source_modules.get(_source_name(family, layers, name), model)
+        module.training = source.training
 
 
 def _set(module: torch.nn.Module, name: str, value: torch.Tensor, buffer: bool = False) -> None:

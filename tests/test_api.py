@@ -160,3 +160,16 @@ def test_verify_names_the_worst_of_the_main_outputs():
     assert set(report.outputs) == {"last_hidden_state", "pooler_output"}
     assert report.output_name in report.outputs and report.output_relative == max(report.outputs.values())
     assert report.output_relative <= 1e-5 and report.output_name in str(report)
+
+
+def test_each_submodule_keeps_its_own_train_or_eval_mode():
+    small = make_model("llama").train()
+    small.model.layers[0].eval()
+    small.model.layers[1].self_attn.eval()
+    small.lm_head.eval()
+    big = lemon.expand(small, num_hidden_layers=4, progress=False)  # layers 0 0' 1 1'
+    assert [layer.training for layer in big.model.layers] == [False, False, True, True]
+    assert [layer.self_attn.training for layer in big.model.layers] == [False, False, False, False]
+    assert [layer.mlp.down_proj.training for layer in big.model.layers] == [False, False, True, True]
+    assert big.training and big.model.training and big.model.norm.training and not big.lm_head.training
+    assert sum(not m.training for m in big.modules()) > sum(not m.training for m in small.modules())
