@@ -173,3 +173,20 @@ def test_each_submodule_keeps_its_own_train_or_eval_mode():
     assert [layer.mlp.down_proj.training for layer in big.model.layers] == [False, False, True, True]
     assert big.training and big.model.training and big.model.norm.training and not big.lm_head.training
     assert sum(not m.training for m in big.modules()) > sum(not m.training for m in small.modules())
+
+
+def test_python_dash_m_lemon_and_the_version_flag():
+    out = run_here(sys.executable, "-m", "lemon", "--version")
+    assert out.returncode == 0 and out.stdout.strip() == f"lemon {lemon.__version__}", out.stderr
+    out = run_here(sys.executable, "-m", "lemon")  # no subcommand: usage on stderr, exit status 2
+    assert out.returncode == 2 and "usage: lemon" in out.stderr
+
+
+def test_the_lemon_command_prints_the_version():
+    import shutil
+
+    command = shutil.which("lemon")
+    if command is None:
+        pytest.skip("the lemon console script is not installed (pip install -e .)")
+    out = run_here(command, "--version")  # PYTHONPATH points it at this checkout's lemon
+    assert out.returncode == 0 and out.stdout.strip() == f"lemon {lemon.__version__}", out.stderr
