@@ -88,8 +88,9 @@ def test_available_backends_and_fallback():
     assert lemon.available_backends() == ["reference"]
     small = make_model("gpt2")
     reference = lemon.expand(small, hidden_size=64, backend="reference", progress=False)
-    with pytest.warns(UserWarning, match="'triton' is not available"):
+    with pytest.warns(UserWarning, match="'triton' is not available") as record:
         fallback = lemon.expand(small, hidden_size=64, backend="triton", progress=False)
+    assert [w.filename for w in record] == [__file__]  # the caller's line, not lemon's insides
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         auto = lemon.expand(small, hidden_size=64, backend="auto", progress=False)
