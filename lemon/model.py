@@ -1,12 +1,15 @@
 """Expand a transformers model: build the target without initializing it, fill it tensor by tensor."""
 from __future__ import annotations
 
+import sys
+
 import torch
 from tqdm.auto import tqdm
 
 from .architectures import find_family
 from .backends import executor
 from .plan import ExpansionPlan
+from .progress import check_progress, elements_written, show_progress
 from .rules import plan_expansion
 
 
@@ -41,7 +44,12 @@ def expand(model: torch.nn.Module, *, hidden_size: int | None = None,
     projections are not summed, so more KV heads alone have no freedom: the new KV heads are
     exact copies. That is no lasting symmetry: each copy serves different query heads, so
     their gradients differ from the first step.
+
+    ``progress``: True always shows a bar (on stderr), False never; None shows one for
+    expansions that write more than 50M elements, unless the environment variable
+    ``LEMON_PROGRESS`` is set (``0`` off, ``1`` on).
     """
+    check_progress(progress)
     plan = plan_expansion(model, hidden_size=hidden_size, intermediate_size=intermediate_size,
                           num_attention_heads=num_attention_heads,
                           num_key_value_heads=num_key_value_heads,
@@ -66,17 +74,23 @@ def build(model: torch.nn.Module, plan: ExpansionPlan, backend: str = "auto",
         raise RuntimeError(f"the expanded {type(target).__name__} has parameters the plan does not make: "
                            f"{sorted(missing)[:5]}")
     made: dict[int, torch.nn.Parameter] = {}  # id of a meta Parameter -> its filled Parameter
-    for name in tqdm(plan.tensors, desc="lemon: expanding", unit="tensor",
-                     disable=None if progress is None else not progress):
-        tensor_plan = plan.tensors[name]
-        source = sources[tensor_plan.source]
-        meta = meta_params[name]
-        if tuple(meta.shape) != tensor_plan.shape:
-            raise RuntimeError(f"{name}: the plan makes shape {tensor_plan.shape}, the target "
-                               f"model expects {tuple(meta.shape)}")
-        with torch.no_grad():
-            param = torch.nn.Parameter(run(tensor_plan, source.detach()), requires_grad=source.requires_grad)
-        made[id(meta)] = param
+    total = elements_written(plan)
+    terminal = getattr(sys.stderr, "isatty", lambda: False)()
+    # in a log (stderr not a terminal) every refresh stays in the file: refresh rarely there
+    with tqdm(total=total, desc="lemon: expanding", unit="el", unit_scale=True, file=sys.stderr,
+              disable=not show_progress(check_progress(progress), total),
+              mininterval=0.1 if terminal else 10.0) as bar:
+        for name, tensor_plan in plan.tensors.items():
+            source = sources[tensor_plan.source]
+            meta = meta_params[name]
+            if tuple(meta.shape) != tensor_plan.shape:
+                raise RuntimeError(f"{name}: the plan makes shape {tensor_plan.shape}, the target "
+                                   f"model expects {tuple(meta.shape)}")
+            with torch.no_grad():
+                param = torch.nn.Parameter(run(tensor_plan, source.detach()),
+                                           requires_grad=source.requires_grad)
+            made[id(meta)] = param
+            bar.update(param.numel())
     for name, meta in meta_params.items():
         _set(target, name, made[id(meta)])  # tied names share one meta Parameter, hence one result
 
