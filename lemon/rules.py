@@ -41,8 +41,8 @@ from .architectures import Family, Role, find_family
 from .architectures.base import SPLIT_KINDS
 from .noise import tensor_key
 from .plan import ONE, ZERO, Axis, ExpansionPlan, TensorPlan
-from .spec import (Sizes, check_layer_positions, check_noise_std, check_seed, model_sizes, require_growth,
-                   resolve)
+from .spec import (Sizes, _multiples_near, check_layer_positions, check_noise_std, check_seed, model_sizes,
+                   require_growth, resolve)
 
 SPLIT_OF = {"stream_in": "stream_zero", "heads_in": "heads", "ffn_in": "ffn"}
 
@@ -266,7 +266,6 @@ def check_config_accepts(config, source: Sizes, target: Sizes) -> None:
                             if value != getattr(source, name)) or "the source's sizes"
         heads, hidden = target.num_attention_heads, target.hidden_size
         if hidden % heads:
-            from .spec import _multiples_near
             fix = (f"choose hidden_size as a multiple of num_attention_heads={heads} "
                    f"(e.g. {_multiples_near(hidden, heads, source.hidden_size)}) or a num_attention_heads "
                    f"that divides hidden_size={hidden}")
