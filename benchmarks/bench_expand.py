@@ -17,7 +17,7 @@ subprocess so that earlier cases do not mask later ones' peak memory:
   the byte floor: source model bytes + output model bytes.
 
 It prints a table, writes every raw number plus machine info to ``<out>/bench_expand.json``
-and draws ``<out>/bench_expand.png``. ``--profile`` also runs cProfile on the first case and
+and, where matplotlib is installed, draws ``<out>/bench_expand.png``. ``--profile`` also runs cProfile on the first case and
 records the functions of ``lemon/`` with the largest cumulative time.
 """
 from __future__ import annotations
@@ -431,12 +431,13 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot(results: list[dict], path: Path, title: str) -> None:
+def plot(results: list[dict], path: Path, title: str) -> bool:
+    """Draw the chart to ``path``; False (and nothing written) without matplotlib."""
     try:
         import matplotlib
     except ImportError:
         print("matplotlib missing (pip install matplotlib): no chart", file=sys.stderr)
-        return
+        return False
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -478,6 +479,7 @@ def plot(results: list[dict], path: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+    return True
 
 
 def main(argv=None) -> int:
@@ -546,10 +548,12 @@ def main(argv=None) -> int:
     record = {"mode": "quick" if args.quick else "full", "machine": info, "wall_s": total,
               "repeat_limit_s": REPEAT_LIMIT_S, "results": results, "profile": profile}
     (out / "bench_expand.json").write_text(json.dumps(record, indent=1))
-    plot(results, out / "bench_expand.png",
-         f"lemon.expand (reference executor) vs clone/copy_ of the output — "
-         f"{info['cpu_count']}-core CPU, torch {info['torch']}")
-    print(f"wrote {out / 'bench_expand.json'} and {out / 'bench_expand.png'}")
+    written = [out / "bench_expand.json"]
+    if plot(results, out / "bench_expand.png",
+            f"lemon.expand (reference executor) vs clone/copy_ of the output — "
+            f"{info['cpu_count']}-core CPU, torch {info['torch']}"):
+        written.append(out / "bench_expand.png")
+    print("wrote " + " and ".join(str(path) for path in written))
     return 0
 
 

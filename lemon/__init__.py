@@ -1,6 +1,8 @@
 """lemon: lossless model expansion (LEMON, ICLR 2024) for transformers models.
 
 ``import lemon`` is light: torch and transformers load on first use of the API.
+The API's modules are named apart from its functions (``lemon.verify`` lives in
+``lemon/verification.py``), so importing a submodule never shadows a function.
 """
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ __version__ = "0.1.0"
 
 _API = {
     "expand": "lemon.model", "expand_plan": "lemon.model",
-    "available_backends": "lemon.backends", "verify": "lemon.verify",
+    "available_backends": "lemon.backends", "verify": "lemon.verification",
 }
 __all__ = sorted(_API) + ["__version__"]
 
@@ -19,3 +21,8 @@ def __getattr__(name: str):
 
         return getattr(importlib.import_module(_API[name]), name)
     raise AttributeError(f"module 'lemon' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    # the lazy API is not in globals() until first use: list it for dir() and completion
+    return sorted(set(globals()) | set(__all__))

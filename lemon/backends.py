@@ -6,6 +6,7 @@ from typing import Callable
 
 import torch
 
+from .caller import stacklevel_outside_lemon
 from .plan import TensorPlan
 
 Executor = Callable[[TensorPlan, torch.Tensor], torch.Tensor]
@@ -35,6 +36,6 @@ def executor(backend: str = "auto", device: torch.device | None = None) -> Execu
     if backend not in _LOADERS:
         warnings.warn(f"lemon: backend {backend!r} is not available here "
                       f"(available: {available_backends()}); using the reference executor",
-                      stacklevel=3)
+                      stacklevel=stacklevel_outside_lemon())
         backend = "reference"
     return _LOADERS[backend]()

@@ -6,7 +6,10 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="lemon", description="Lossless model expansion (LEMON).")
+    parser.add_argument("--version", action="version", version=f"lemon {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="build small models of every supported family, expand them, "
                                        "and print how exactly the expanded models match")

@@ -35,7 +35,7 @@ def run_demo(seed: int = 0) -> int:
     from transformers.utils import logging as hf_logging
 
     from .model import expand
-    from .verify import verify
+    from .verification import verify
 
     hf_logging.set_verbosity_error()
     logging.getLogger("transformers").setLevel(logging.ERROR)

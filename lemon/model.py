@@ -1,12 +1,15 @@
 """Expand a transformers model: build the target without initializing it, fill it tensor by tensor."""
 from __future__ import annotations
 
+import sys
+
 import torch
 from tqdm.auto import tqdm
 
 from .architectures import find_family
 from .backends import executor
 from .plan import ExpansionPlan
+from .progress import check_progress, elements_written, show_progress
 from .rules import plan_expansion
 
 
@@ -30,9 +33,10 @@ def expand(model: torch.nn.Module, *, hidden_size: int | None = None,
     Sizes left as None stay as they are (the number of heads follows ``hidden_size``, head
     dimension fixed). ``layer_positions`` are the target indices of new layers (default:
     spread evenly). ``noise_std`` is the symmetry-breaking scale (None: the config's
-    ``initializer_range``; 0: plain copies). ``seed`` keys the counter-based noise, so the
-    same call gives bit-identical weights. ``model`` is left untouched; the result has the
-    source's dtype, device and train/eval mode, and its ``config`` has the new sizes.
+    ``initializer_range``; 0: plain copies). ``seed`` (an integer in [0, 2**64)) keys the
+    counter-based noise, so the same call gives bit-identical weights. At least one size must
+    grow, and the target config must pass its class's own validation (``config.validate()``). ``model`` is left untouched; the result has the
+    source's dtype, device and train/eval modes (module by module), and its ``config`` has the new sizes.
 
     Noise goes only where the function leaves freedom: replicas of a weight that is summed
     (fan-in columns, fan-out of copied heads and neurons) get zero-sum noise, weights that read
@@ -40,7 +44,12 @@ def expand(model: torch.nn.Module, *, hidden_size: int | None = None,
     projections are not summed, so more KV heads alone have no freedom: the new KV heads are
     exact copies. That is no lasting symmetry: each copy serves different query heads, so
     their gradients differ from the first step.
+
+    ``progress``: True always shows a bar (on stderr), False never; None shows one for
+    expansions that write more than 50M elements, unless the environment variable
+    ``LEMON_PROGRESS`` is set (``0`` off, ``1`` on).
     """
+    check_progress(progress)
     plan = plan_expansion(model, hidden_size=hidden_size, intermediate_size=intermediate_size,
                           num_attention_heads=num_attention_heads,
                           num_key_value_heads=num_key_value_heads,
@@ -65,33 +74,54 @@ def build(model: torch.nn.Module, plan: ExpansionPlan, backend: str = "auto",
         raise RuntimeError(f"the expanded {type(target).__name__} has parameters the plan does not make: "
                            f"{sorted(missing)[:5]}")
     made: dict[int, torch.nn.Parameter] = {}  # id of a meta Parameter -> its filled Parameter
-    for name in tqdm(plan.tensors, desc="lemon: expanding", unit="tensor",
-                     disable=None if progress is None else not progress):
-        tensor_plan = plan.tensors[name]
-        source = sources[tensor_plan.source]
-        meta = meta_params[name]
-        if tuple(meta.shape) != tensor_plan.shape:
-            raise RuntimeError(f"{name}: the plan makes shape {tensor_plan.shape}, the target "
-                               f"model expects {tuple(meta.shape)}")
-        with torch.no_grad():
-            param = torch.nn.Parameter(run(tensor_plan, source.detach()), requires_grad=source.requires_grad)
-        made[id(meta)] = param
+    total = elements_written(plan)
+    terminal = getattr(sys.stderr, "isatty", lambda: False)()
+    # in a log (stderr not a terminal) every refresh stays in the file: refresh rarely there
+    with tqdm(total=total, desc="lemon: expanding", unit="el", unit_scale=True, file=sys.stderr,
+              disable=not show_progress(check_progress(progress), total),
+              mininterval=0.1 if terminal else 10.0) as bar:
+        for name, tensor_plan in plan.tensors.items():
+            source = sources[tensor_plan.source]
+            meta = meta_params[name]
+            if tuple(meta.shape) != tensor_plan.shape:
+                raise RuntimeError(f"{name}: the plan makes shape {tensor_plan.shape}, the target "
+                                   f"model expects {tuple(meta.shape)}")
+            with torch.no_grad():
+                param = torch.nn.Parameter(run(tensor_plan, source.detach()),
+                                           requires_grad=source.requires_grad)
+            made[id(meta)] = param
+            bar.update(param.numel())
     for name, meta in meta_params.items():
         _set(target, name, made[id(meta)])  # tied names share one meta Parameter, hence one result
 
     family = find_family(model.config)
     source_buffers = dict(model.named_buffers(remove_duplicate=False))
     for name, meta in target.named_buffers(remove_duplicate=False):
-        match = family.match_layer(name)
-        source_name = family.in_layer(name, plan.layers[int(match.group(1))][0]) if match else name
+        source_name = _source_name(family, plan.layers, name)
         buffer = source_buffers.get(source_name)
         if buffer is None or buffer.shape != meta.shape:
             raise RuntimeError(f"cannot fill buffer {name} of the expanded model from the source "
                                f"({source_name}: {None if buffer is None else tuple(buffer.shape)})")
         _set(target, name, buffer.clone(), buffer=True)
-    target.train(model.training)
+    _copy_modes(model, target, family, plan.layers)
     target.lemon_layers = plan.layers  # lets lemon.verify line up layers after custom positions
     return target
+
+
+def _source_name(family, layers: list[tuple[int, bool]], name: str) -> str:
+    """The source name of a target parameter, buffer or module: the same, except that a name
+    inside target layer t moves to the source layer t was made from."""
+    match = family.match_layer(name + ".")  # a layer's own module name has no trailing dot
+    return family.in_layer(name + ".", layers[int(match.group(1))][0])[:-1] if match else name
+
+
+def _copy_modes(model: torch.nn.Module, target: torch.nn.Module, family, layers) -> None:
+    """Each target submodule takes the train/eval flag of its source submodule (a user may keep
+    dropout off in part of a model); modules of an inserted layer take the copied layer's."""
+    source_modules = dict(model.named_modules(remove_duplicate=False))
+    for name, module in target.named_modules(remove_duplicate=False):
+        source = source_modules.get(_source_name(family, layers, name), model)
+        module.training = source.training
 
 
 def _set(module: torch.nn.Module, name: str, value: torch.Tensor, buffer: bool = False) -> None:

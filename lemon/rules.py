@@ -41,7 +41,8 @@ from .architectures import Family, Role, find_family
 from .architectures.base import SPLIT_KINDS
 from .noise import tensor_key
 from .plan import ONE, ZERO, Axis, ExpansionPlan, TensorPlan
-from .spec import Sizes, read_sizes, resolve
+from .spec import (Sizes, _multiples_near, check_layer_positions, check_noise_std, check_seed, model_sizes,
+                   require_growth, resolve)
 
 SPLIT_OF = {"stream_in": "stream_zero", "heads_in": "heads", "ffn_in": "ffn"}
 
@@ -186,6 +187,9 @@ def plan_expansion(model: torch.nn.Module, *, hidden_size=None, intermediate_siz
                    layer_positions=None, seed: int = 0, noise_std: float | None = None) -> ExpansionPlan:
     """The plan of an expansion: validated sizes, the new config and one plan per parameter.
     Nothing is allocated or written. See :func:`lemon.expand` for the arguments."""
+    seed = check_seed(seed)
+    noise_std = check_noise_std(noise_std)
+    layer_positions = check_layer_positions(layer_positions)
     config = getattr(model, "config", None)
     if config is None:
         raise ValueError(f"{type(model).__name__} has no .config: lemon expands transformers models "
@@ -201,17 +205,14 @@ def plan_expansion(model: torch.nn.Module, *, hidden_size=None, intermediate_siz
                              f"adapter has no role for, so lemon cannot expand it losslessly. "
                              f"Add its pattern to lemon/architectures/{family.name}.py") from None
 
-    ffn_widths = [params[n].shape[_axis_dim(r, k)] for n, (r, _) in roles.items()
-                  for k, kind in enumerate(r.axes) if kind in ("ffn", "ffn_in")]
-    source = read_sizes(family, config, ffn_widths[0] if ffn_widths else 0)
-    target, layer_positions = resolve(family, source, {
-        "hidden_size": hidden_size, "intermediate_size": intermediate_size,
-        "num_attention_heads": num_attention_heads, "num_key_value_heads": num_key_value_heads,
-        "num_hidden_layers": num_hidden_layers}, layer_positions)
+    source = model_sizes(model)
+    requested = {"hidden_size": hidden_size, "intermediate_size": intermediate_size,
+                 "num_attention_heads": num_attention_heads, "num_key_value_heads": num_key_value_heads,
+                 "num_hidden_layers": num_hidden_layers}
+    require_growth(source, requested, layer_positions)
+    target, layer_positions = resolve(family, source, requested, layer_positions)
     if noise_std is None:
         noise_std = float(getattr(config, "initializer_range", 0.02))
-    if not noise_std >= 0:
-        raise ValueError(f"noise_std must be >= 0 (0 turns symmetry breaking off), got {noise_std}")
 
     # tied parameters are one tensor: plan it once, from the role that produces it (the embedding)
     tied: dict[str, str] = {}
@@ -224,9 +225,11 @@ def plan_expansion(model: torch.nn.Module, *, hidden_size=None, intermediate_siz
         tied_head |= len(producers) < len(group)
         tied.update({n: owner for n in group if n != owner})
 
+    layers = maps.layers(source.num_hidden_layers, target.num_hidden_layers, layer_positions)
+    new_config = target_config(family, config, source, target, layers)
+    check_config_accepts(new_config, source, target)
     rules = Rules(family, source, target, tied_head, seed, noise_std)
     regular, twins = UnitMaps.build(source, target, False), UnitMaps.build(source, target, True)
-    layers = maps.layers(source.num_hidden_layers, target.num_hidden_layers, layer_positions)
     sources_of: dict[int, list[int]] = {}
     for t, (s, _) in enumerate(layers):
         sources_of.setdefault(s, []).append(t)
@@ -250,9 +253,10 @@ def plan_expansion(model: torch.nn.Module, *, hidden_size=None, intermediate_siz
                                            twins if inserted else regular, inserted, identity,
                                            query_scale(family, config, layer, new_name))
 
+    check_target_parameters(model, new_config, tensors, tied)
     return ExpansionPlan(
         family=family.name, source_sizes=source.as_dict(), target_sizes=target.as_dict(),
-        config=target_config(family, config, source, target, layers), tensors=tensors,
+        config=new_config, tensors=tensors,
         tied=tied, layers=layers, seed=seed, noise_std=noise_std, notes=list(family.notes))
 
 
@@ -267,6 +271,58 @@ def query_scale(family: Family, config, source_layer: int | None, target_name: s
     return (target_layer + 1) / (source_layer + 1)
 
 
-def _axis_dim(role: Role, view_axis: int) -> int:
-    """The stored dim of a parameter that carries view axis ``view_axis`` (FFN width lookup)."""
-    return 0 if view_axis == 0 else role.split
+def check_config_accepts(config, source: Sizes, target: Sizes) -> None:
+    """The target config must pass its class's own validation: lemon could build some models
+    transformers refuses (head_dim decoupled from hidden_size / heads), but then
+    ``save_pretrained`` and ``from_pretrained`` of the result would fail."""
+    validate = getattr(config, "validate", None)
+    if validate is None:  # configs before huggingface_hub's strict dataclasses
+        return
+    try:
+        validate()
+    except Exception as err:  # noqa: BLE001  (any refusal: the validators raise what they like)
+        reason = str(err.__cause__ or err).strip()
+        changed = ", ".join(f"{name}={value}" for name, value in target.as_dict().items()
+                            if value != getattr(source, name)) or "the source's sizes"
+        heads, hidden = target.num_attention_heads, target.hidden_size
+        if hidden % heads:
+            fix = (f"choose hidden_size as a multiple of num_attention_heads={heads} "
+                   f"(e.g. {_multiples_near(hidden, heads, source.hidden_size)}) or a num_attention_heads "
+                   f"that divides hidden_size={hidden}")
+        else:
+            fix = "choose sizes it accepts"
+        raise ValueError(f"transformers' {type(config).__name__} refuses the target sizes ({changed}): "
+                         f"{reason} lemon could build the weights, but the model could not be saved or "
+                         f"reloaded: {fix}") from err
+
+
+def check_target_parameters(model: torch.nn.Module, config, tensors: dict[str, TensorPlan],
+                            tied: dict[str, str]) -> None:
+    """lemon rebuilds the model from its config: the plan must make exactly the parameters, with
+    the shapes, that the class creates from the target config. A parameter the user attached
+    by hand (or one whose name only ends like a known one) has no place in the rebuilt model."""
+    cls = type(model).__name__
+    with torch.device("meta"):  # no memory, no init: only names and shapes
+        expected = {n: tuple(p.shape) for n, p in type(model)(config).named_parameters(remove_duplicate=False)}
+    planned = {**{n: plan.shape for n, plan in tensors.items()},
+               **{alias: tensors[owner].shape for alias, owner in tied.items() if owner in tensors}}
+    extra = sorted(set(planned) - set(expected))
+    if extra:
+        raise ValueError(f"{cls} has parameters that a {cls} built from its config does not create: "
+                         f"{_names(extra)}. lemon rebuilds the model from its config, so parameters that the "
+                         f"class does not create from the config cannot be expanded: remove them before "
+                         f"expanding (and expand them yourself), or make them part of the class")
+    missing = sorted(set(expected) - set(planned))
+    if missing:
+        raise ValueError(f"a {cls} built from the target config has parameters that the source model lacks: "
+                         f"{_names(missing)}; lemon can only fill parameters it can derive from the source's. "
+                         f"Expand a model whose parameters match what {cls} creates from its config")
+    wrong = [f"{n} (plan {planned[n]}, {cls} {expected[n]})" for n in sorted(planned) if planned[n] != expected[n]]
+    if wrong:
+        raise ValueError(f"the target {cls} expects other shapes than lemon plans for {_names(wrong)}: its "
+                         f"config has fields that do not follow the sizes lemon grows. Report this with the "
+                         f"model's config")
+
+
+def _names(names: list[str], limit: int = 5) -> str:
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")

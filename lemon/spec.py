@@ -5,7 +5,7 @@ import math
 import numbers
 from dataclasses import asdict, dataclass
 
-from .architectures import Family
+from .architectures import SIZE_NAMES, Family, find_family
 from .maps import gqa_feasible
 
 
@@ -38,8 +38,98 @@ def read_sizes(family: Family, config, intermediate_from_weights: int) -> Sizes:
                  head_dim=head_dim or hidden // heads)
 
 
+def model_sizes(model) -> Sizes:
+    """The sizes of a transformers model of a supported family (the FFN width from its weights)."""
+    family = find_family(model.config)
+    for name, param in model.named_parameters(remove_duplicate=False):
+        try:
+            role, _ = family.role(name)
+        except KeyError:
+            continue  # plan_expansion refuses unknown parameters; here they just carry no size
+        for axis, kind in enumerate(role.axes):
+            if kind in ("ffn", "ffn_in"):
+                return read_sizes(family, model.config, param.shape[0 if axis == 0 else role.split])
+    return read_sizes(family, model.config, 0)
+
+
+def check_source_and_expansion(small, big) -> None:
+    """``small`` must be the source and ``big`` its expansion, at least as large in every size
+    (catches swapped arguments; equal sizes, e.g. a reloaded copy, are fine)."""
+    a, b = model_sizes(small), model_sizes(big)
+    smaller = [f"{n} {getattr(b, n)} < {getattr(a, n)}" for n in SIZE_NAMES if getattr(b, n) < getattr(a, n)]
+    if smaller:
+        raise ValueError(f"lemon.verify(small, big): the first argument must be the source (smaller) model "
+                         f"and the second its expansion, but the second is smaller ({', '.join(smaller)}): "
+                         f"call lemon.verify(small, big) with the model you expanded first")
+
+
 def _is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)  # numpy ints too
+
+
+SEED_LIMIT = 2**64  # the noise key reads 64 bits of the seed (lemon.noise.tensor_key)
+
+
+def check_seed(seed) -> int:
+    """``seed`` as a Python int: an integer (numpy integers too) in [0, 2**64)."""
+    if not _is_int(seed):
+        hint = _as_int_hint(seed)
+        raise TypeError(f"seed must be an integer (a Python int or numpy integer), got {seed!r} of type "
+                        f"{type(seed).__name__}: pass e.g. seed={hint if hint is not None else 0}")
+    if not 0 <= seed < SEED_LIMIT:
+        raise ValueError(f"seed={seed} is outside [0, 2**64): the noise key reads 64 bits of the seed, so "
+                         f"it would silently equal seed={int(seed) % SEED_LIMIT}; choose a seed in [0, 2**64)")
+    return int(seed)
+
+
+def _as_int_hint(value) -> int | None:
+    """The integer a mistyped seed most likely meant ("7", 7.0), for the error message."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return int(number) if number.is_integer() and 0 <= number < SEED_LIMIT else None
+
+
+def check_noise_std(noise_std) -> float | None:
+    """``noise_std`` as a float (None stays None: the config's initializer_range)."""
+    if noise_std is None:
+        return None
+    if not isinstance(noise_std, numbers.Real) or isinstance(noise_std, bool):
+        raise TypeError(f"noise_std must be a real number such as 0.02 (0 turns symmetry breaking off, "
+                        f"None uses the config's initializer_range), got {noise_std!r} of type "
+                        f"{type(noise_std).__name__}")
+    value = float(noise_std)
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"noise_std must be a finite number >= 0 (0 turns symmetry breaking off, None uses "
+                         f"the config's initializer_range), got {noise_std!r}")
+    return value
+
+
+def check_layer_positions(layer_positions) -> list | None:
+    """``layer_positions`` as a list (its values are checked against the sizes in :func:`resolve`)."""
+    if layer_positions is None:
+        return None
+    if _is_int(layer_positions):
+        raise TypeError(f"layer_positions must be a list of target-layer indices, got the single integer "
+                        f"{layer_positions!r}: pass a list such as [{int(layer_positions)}]")
+    if isinstance(layer_positions, (str, bytes)):
+        raise TypeError(f"layer_positions must be a list of target-layer indices, got the string "
+                        f"{layer_positions!r}: pass a list of integers such as [2]")
+    try:
+        return list(layer_positions)
+    except TypeError:
+        raise TypeError(f"layer_positions must be a list of target-layer indices, got {layer_positions!r} "
+                        f"of type {type(layer_positions).__name__}: pass a list such as [2]") from None
+
+
+def require_growth(source: Sizes, requested: dict, layer_positions) -> None:
+    """Refuse a request that changes nothing: it would only copy the model, noise-free."""
+    if layer_positions or any(v is not None and v != getattr(source, k) for k, v in requested.items()):
+        return
+    current = ", ".join(f"{name}={getattr(source, name)}" for name in requested)
+    raise ValueError(f"nothing to expand: every size is None or equal to the source's. Pass at least one "
+                     f"larger size among the keywords {', '.join(requested)}; the source has {current}")
 
 
 def _check_int(name: str, value) -> int:

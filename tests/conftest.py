@@ -26,13 +26,21 @@ def _config_and_class(name: str):
     if name == "bert_base":
         return T.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
                             vocab_size=97, max_position_embeddings=32), T.BertModel
+    if name in ("bert_pretraining", "bert_qa"):
+        return T.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                            vocab_size=97, max_position_embeddings=32), \
+            T.BertForPreTraining if name == "bert_pretraining" else T.BertForQuestionAnswering
+    if name == "vit_mim":  # encoder_stride = patch size: the reconstruction has the image's size
+        return T.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                           image_size=16, patch_size=4, encoder_stride=4), T.ViTForMaskedImageModeling
     if name in ("vit", "vit_base"):
         return (T.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
                             image_size=16, patch_size=4, num_labels=5),
                 T.ViTForImageClassification if name == "vit" else T.ViTModel)
-    if name in ("gpt2", "gpt2_base", "gpt2_classifier"):
+    if name in ("gpt2", "gpt2_base", "gpt2_classifier", "gpt2_token_classifier"):
         cls = {"gpt2": T.GPT2LMHeadModel, "gpt2_base": T.GPT2Model,
-               "gpt2_classifier": T.GPT2ForSequenceClassification}[name]
+               "gpt2_classifier": T.GPT2ForSequenceClassification,
+               "gpt2_token_classifier": T.GPT2ForTokenClassification}[name]
         return T.GPT2Config(n_embd=32, n_layer=2, n_head=4, n_inner=64, vocab_size=97, n_positions=32,
                             bos_token_id=0, eos_token_id=0, pad_token_id=0, num_labels=3), cls
     if name == "llama":
@@ -46,6 +54,8 @@ def _config_and_class(name: str):
                              mlp_bias=True), T.LlamaForCausalLM
     if name == "llama_classifier":
         return T.LlamaConfig(**LLAMA_SIZES, num_labels=3, pad_token_id=0), T.LlamaForSequenceClassification
+    if name == "llama_token_classifier":  # its score has a bias
+        return T.LlamaConfig(**LLAMA_SIZES, num_labels=3), T.LlamaForTokenClassification
     if name == "mistral":
         return T.MistralConfig(**LLAMA_SIZES), T.MistralForCausalLM
     if name == "qwen2":

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import warnings
@@ -10,9 +11,11 @@ import pytest
 import torch
 
 import lemon
-from lemon.verify import verify
+from lemon.verification import verify
 
 from conftest import make_model
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_source_model_is_left_untouched():
@@ -85,8 +88,9 @@ def test_available_backends_and_fallback():
     assert lemon.available_backends() == ["reference"]
     small = make_model("gpt2")
     reference = lemon.expand(small, hidden_size=64, backend="reference", progress=False)
-    with pytest.warns(UserWarning, match="'triton' is not available"):
+    with pytest.warns(UserWarning, match="'triton' is not available") as record:
         fallback = lemon.expand(small, hidden_size=64, backend="triton", progress=False)
+    assert [w.filename for w in record] == [__file__]  # the caller's line, not lemon's insides
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         auto = lemon.expand(small, hidden_size=64, backend="auto", progress=False)
@@ -117,3 +121,72 @@ def test_numpy_integers_are_accepted_as_sizes_and_positions():
                              layer_positions=np.array([1, 3]))
     assert plan.target_sizes["hidden_size"] == 64
     assert plan.layers == [(0, False), (0, True), (1, False), (1, True)]
+
+
+def test_verify_stays_callable_after_importing_its_module():
+    import lemon.verification  # noqa: F401  (used to replace the function lemon.verify)
+
+    small = make_model("gpt2")
+    report = lemon.verify(small, lemon.expand(small, hidden_size=64, progress=False))
+    assert report.output_relative <= 1e-5
+
+
+def run_here(*args: str) -> subprocess.CompletedProcess:
+    """Run a command in a fresh process that imports the lemon of this checkout."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))}
+    return subprocess.run(args, capture_output=True, text=True, env=env, cwd=REPO)
+
+
+def test_dir_lists_the_public_api_without_importing_torch():
+    code = ("import sys, lemon; names = dir(lemon); "
+            "print(all(n in names for n in ('expand', 'expand_plan', 'verify', 'available_backends', "
+            "'__version__')), 'torch' in sys.modules)")
+    out = run_here(sys.executable, "-c", code)
+    assert out.stdout.split() == ["True", "False"], out.stderr
+
+
+def test_verify_refuses_swapped_arguments():
+    small = make_model("llama")
+    big = lemon.expand(small, num_hidden_layers=3, progress=False)
+    with pytest.raises(ValueError, match=r"first argument must be the source \(smaller\) model") as err:
+        lemon.verify(big, small)
+    assert "num_hidden_layers 2 < 3" in str(err.value)
+    assert lemon.verify(small, small).output_relative == 0  # same sizes (a reloaded copy): no swap to catch
+
+
+def test_verify_names_the_worst_of_the_main_outputs():
+    small = make_model("bert_base")  # last_hidden_state and pooler_output, both of hidden width
+    report = lemon.verify(small, lemon.expand(small, hidden_size=64, progress=False))
+    assert set(report.outputs) == {"last_hidden_state", "pooler_output"}
+    assert report.output_name in report.outputs and report.output_relative == max(report.outputs.values())
+    assert report.output_relative <= 1e-5 and report.output_name in str(report)
+
+
+def test_each_submodule_keeps_its_own_train_or_eval_mode():
+    small = make_model("llama").train()
+    small.model.layers[0].eval()
+    small.model.layers[1].self_attn.eval()
+    small.lm_head.eval()
+    big = lemon.expand(small, num_hidden_layers=4, progress=False)  # layers 0 0' 1 1'
+    assert [layer.training for layer in big.model.layers] == [False, False, True, True]
+    assert [layer.self_attn.training for layer in big.model.layers] == [False, False, False, False]
+    assert [layer.mlp.down_proj.training for layer in big.model.layers] == [False, False, True, True]
+    assert big.training and big.model.training and big.model.norm.training and not big.lm_head.training
+    assert sum(not m.training for m in big.modules()) > sum(not m.training for m in small.modules())
+
+
+def test_python_dash_m_lemon_and_the_version_flag():
+    out = run_here(sys.executable, "-m", "lemon", "--version")
+    assert out.returncode == 0 and out.stdout.strip() == f"lemon {lemon.__version__}", out.stderr
+    out = run_here(sys.executable, "-m", "lemon")  # no subcommand: usage on stderr, exit status 2
+    assert out.returncode == 2 and "usage: lemon" in out.stderr
+
+
+def test_the_lemon_command_prints_the_version():
+    import shutil
+
+    command = shutil.which("lemon")
+    if command is None:
+        pytest.skip("the lemon console script is not installed (pip install -e .)")
+    out = run_here(command, "--version")  # PYTHONPATH points it at this checkout's lemon
+    assert out.returncode == 0 and out.stdout.strip() == f"lemon {lemon.__version__}", out.stderr

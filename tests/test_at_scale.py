@@ -14,7 +14,7 @@ import torch
 import transformers as T
 
 import lemon
-from lemon.verify import random_inputs, verify
+from lemon.verification import random_inputs, verify
 
 BOUND = 1e-5
 

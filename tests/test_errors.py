@@ -28,6 +28,17 @@ CASES = [
     ("llama", dict(num_hidden_layers=4, layer_positions=[2, 2]), ["layer_positions"]),
     ("llama", dict(num_hidden_layers=4, layer_positions=[2, 4]), ["layer_positions"]),
     ("gpt2", dict(hidden_size=64, noise_std=-1.0), ["noise_std", ">= 0"]),
+    ("gpt2", dict(hidden_size=64, noise_std=float("inf")), ["noise_std", "finite", "inf"]),
+    ("gpt2", dict(hidden_size=64, noise_std=float("nan")), ["noise_std", "finite", "nan"]),
+    ("gpt2", dict(hidden_size=64, seed=2**64), ["seed=18446744073709551616", "[0, 2**64)", "seed=0"]),
+    ("gpt2", dict(hidden_size=64, seed=-1), ["seed=-1", "[0, 2**64)"]),
+    ("gpt2", dict(), ["nothing to expand", "hidden_size, intermediate_size, num_attention_heads",
+                      "num_hidden_layers", "hidden_size=32", "intermediate_size=64", "num_hidden_layers=2"]),
+    ("llama", dict(hidden_size=32, num_key_value_heads=2), ["nothing to expand", "num_key_value_heads=2"]),
+    # LlamaConfig.validate() refuses it although lemon's decoupled head_dim could build it
+    ("llama", dict(hidden_size=40, num_attention_heads=6),
+     ["LlamaConfig", "hidden_size=40", "num_attention_heads=6", "not a multiple", "saved",
+      "e.g. 36 or 42", "divides hidden_size=40"]),
 ]
 
 
@@ -77,3 +88,54 @@ def test_a_parameter_without_a_role_is_refused_not_guessed():
 def test_unknown_backend():
     with pytest.raises(ValueError, match="unknown backend 'gpu'"):
         lemon.expand(make_model("gpt2"), hidden_size=64, backend="gpu")
+
+
+TYPE_CASES = [
+    # (kwargs, words the message must contain)
+    (dict(seed="7"), ["seed", "'7'", "str", "seed=7"]),
+    (dict(seed=7.0), ["seed", "float", "seed=7"]),
+    (dict(seed=True), ["seed", "bool"]),
+    (dict(noise_std="0.02"), ["noise_std", "real number", "str"]),
+    (dict(noise_std=True), ["noise_std", "bool"]),
+    (dict(num_hidden_layers=3, layer_positions=2), ["layer_positions", "list such as [2]"]),
+    (dict(num_hidden_layers=3, layer_positions="2"), ["layer_positions", "string"]),
+]
+
+
+@pytest.mark.parametrize("kwargs,words", TYPE_CASES, ids=[repr(k) for k, _ in TYPE_CASES])
+def test_an_argument_of_the_wrong_type_is_a_type_error(kwargs, words):
+    small = make_model("gpt2")
+    with pytest.raises(TypeError) as err:
+        lemon.expand(small, **{"hidden_size": 64, "progress": False, **kwargs})
+    for word in words:
+        assert word in str(err.value), f"{word!r} not in: {err.value}"
+
+
+def test_numpy_scalars_are_accepted_as_seed_and_noise_std():
+    import numpy as np
+
+    small = make_model("gpt2")
+    plan = lemon.expand_plan(small, hidden_size=64, seed=np.int64(7), noise_std=np.float32(0.01))
+    assert plan.seed == 7 and type(plan.seed) is int and plan.noise_std == pytest.approx(0.01)
+    numpy_seeded = lemon.expand(small, hidden_size=64, seed=np.uint64(2**64 - 1), progress=False)
+    int_seeded = lemon.expand(small, hidden_size=64, seed=2**64 - 1, progress=False)
+    for p, q in zip(numpy_seeded.parameters(), int_seeded.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_a_parameter_that_only_ends_like_a_known_one_is_refused():
+    """GPT-2's adapter knows ``score.weight`` (sequence classification); a ``score`` attached by
+    hand to a GPT2LMHeadModel matches that pattern, but the class does not create it."""
+    small = make_model("gpt2")
+    small.score = torch.nn.Linear(32, 3, bias=False)
+    with pytest.raises(ValueError, match="rebuilds the model from its config") as err:
+        lemon.expand(small, hidden_size=64, progress=False)
+    assert "score.weight" in str(err.value) and "GPT2LMHeadModel" in str(err.value)
+
+
+def test_a_parameter_the_class_creates_but_the_source_lacks_is_refused():
+    small = make_model("gpt2")
+    small.transformer.ln_f.bias = None  # the rebuilt GPT2LMHeadModel has one: nothing to fill it from
+    with pytest.raises(ValueError, match="transformer.ln_f.bias") as err:
+        lemon.expand(small, hidden_size=64, progress=False)
+    assert "source model lacks" in str(err.value)

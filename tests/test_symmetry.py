@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import lemon
-from lemon.verify import random_inputs
+from lemon.verification import random_inputs
 
 from conftest import make_model
 

@@ -1,4 +1,5 @@
-"""BERT: post-LayerNorm, learned positions and token types, MLM head tied to the embeddings."""
+"""BERT: post-LayerNorm, learned positions and token types, MLM head tied to the embeddings;
+sequence, token-span (QA) and next-sentence heads are plain linear maps of a hidden vector."""
 from .base import Family, flatten, layer_norm, linear, matrix, vector
 
 FAMILY = Family(
@@ -29,7 +30,9 @@ FAMILY = Family(
         "cls.predictions.decoder.weight": matrix("keep", "stream_in"),
         "cls.predictions.decoder.bias": vector("keep"),
         "cls.predictions.bias": vector("keep"),
+        "cls.seq_relationship": linear("keep", "stream_in"),  # next-sentence head, reads the pooler
         "classifier": linear("keep", "stream_in"),
+        "qa_outputs": linear("keep", "stream_in"),  # start/end logits per token
     }),
     eps_field="layer_norm_eps",
     notes=("Post-LN widening is lossless only for integer multiples of the hidden size "

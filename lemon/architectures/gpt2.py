@@ -1,5 +1,5 @@
 """GPT-2: pre-LayerNorm, learned positions, fused q/k/v in a Conv1D, tied embeddings."""
-from .base import Family, conv1d, flatten, layer_norm, matrix
+from .base import Family, conv1d, flatten, layer_norm, linear, matrix
 
 FAMILY = Family(
     name="gpt2",
@@ -21,7 +21,8 @@ FAMILY = Family(
         "wpe.weight": matrix("keep", "stream"),
         "ln_f": layer_norm(tag="final_norm"),
         "lm_head.weight": matrix("keep", "stream_in"),
-        "score.weight": matrix("keep", "stream_in"),
+        "score.weight": matrix("keep", "stream_in"),  # sequence classification (no bias)
+        "classifier": linear("keep", "stream_in"),  # token classification
     }),
     config_fields={"hidden_size": "n_embd", "intermediate_size": "n_inner",
                    "num_attention_heads": "n_head", "num_key_value_heads": None,

@@ -1,21 +1,27 @@
 """Losslessness report: how far the expanded model's outputs are from the original's."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from .architectures import find_family
+from .spec import check_source_and_expansion
 
 
 @dataclass
 class Report:
-    """max |big - small| on the main output (logits, or the last hidden state mapped back to
-    the source width), relative to max |small|, and the same per source layer."""
+    """max |big - small| on the model's main output, relative to max |small|, and the same per
+    source layer. The main outputs are every floating tensor the model returns besides the loss
+    and the per-layer tuples (logits; start/end logits; prediction and next-sentence logits; a
+    reconstruction; a last hidden state mapped back to the source width); the report gives the
+    worst of them (``output_name``) and each one's relative difference (``outputs``)."""
 
     output_max_abs: float
     output_scale: float
     layer_max_abs: list[float]
+    output_name: str = "output"
+    outputs: dict[str, float] = field(default_factory=dict)
 
     @property
     def output_relative(self) -> float:
@@ -23,8 +29,10 @@ class Report:
 
     def __str__(self) -> str:
         layers = " ".join(f"{d:.1e}" for d in self.layer_max_abs)
-        return (f"output max |delta| {self.output_max_abs:.2e} (relative {self.output_relative:.2e}, "
-                f"output scale {self.output_scale:.2e}); per layer: {layers}")
+        others = ", ".join(f"{n} {r:.1e}" for n, r in self.outputs.items() if n != self.output_name)
+        return (f"{self.output_name} max |delta| {self.output_max_abs:.2e} (relative {self.output_relative:.2e}, "
+                f"output scale {self.output_scale:.2e})" + (f"; other outputs (relative): {others}" if others else "")
+                + f"; per layer: {layers}")
 
 
 def random_inputs(model: torch.nn.Module, batch: int = 2, length: int = 12, seed: int = 0) -> dict:
@@ -49,25 +57,46 @@ def _run(model, inputs):
         out = model(**inputs, output_hidden_states=True)
     finally:
         model.train(was_training)
-    logits = getattr(out, "logits", None)
-    main = logits if logits is not None else out.last_hidden_state
+    # the per-layer tuples (hidden states, attentions) and caches are not tensors: left out here
+    main = {name: value for name, value in out.items()
+            if name != "loss" and torch.is_tensor(value) and value.is_floating_point()}
     return main, out.hidden_states
+
+
+def _comparable(small: torch.Tensor, big: torch.Tensor) -> torch.Tensor | None:
+    """``big`` cut to ``small``'s shape where the shapes match, or differ only in a wider last
+    axis (a hidden-width output: its first entries are the source's); None otherwise."""
+    if small.shape == big.shape:
+        return big
+    if small.shape[:-1] == big.shape[:-1] and big.shape[-1] > small.shape[-1]:
+        return big[..., : small.shape[-1]]
+    return None
 
 
 def verify(small: torch.nn.Module, big: torch.nn.Module, inputs: dict | None = None) -> Report:
     """Run both models in eval mode on ``inputs`` (random ones by default) and compare.
+    ``small`` is the source model, ``big`` its expansion (swapped arguments are refused).
 
     Hidden vectors of the big model carry the small one's in their first entries (every
     stream form starts with a copy of x), so hidden states are compared there; the last
     hidden state of a model with a tied head is scaled by 1/k by design and is compared
     through the logits instead.
     """
+    check_source_and_expansion(small, big)
     inputs = inputs if inputs is not None else random_inputs(small)
     small_out, small_hidden = _run(small, inputs)
     big_out, big_hidden = _run(big, inputs)
-    width = small_out.shape[-1] if small_out.shape[-1] != big_out.shape[-1] else None
-    big_main = big_out[..., :width] if width else big_out
-    delta = (big_main.double() - small_out.double()).abs().max().item()
+    compared = {}  # name -> (max |delta|, scale)
+    for name, value in small_out.items():
+        other = _comparable(value, big_out[name]) if name in big_out else None
+        if other is not None:
+            compared[name] = ((other.double() - value.double()).abs().max().item(),
+                              value.double().abs().max().item())
+    if not compared:
+        raise ValueError(f"lemon.verify: no output of {type(big).__name__} matches the source's in shape "
+                         f"(source outputs: {sorted(small_out)}); pass models of the same class")
+    relative = {name: delta / max(scale, 1e-30) for name, (delta, scale) in compared.items()}
+    worst = max(relative, key=relative.get)
 
     # the source layer s ends at the last target layer made from it (inserted ones follow it)
     big_layers = big.config.num_hidden_layers
@@ -78,7 +107,7 @@ def verify(small: torch.nn.Module, big: torch.nn.Module, inputs: dict | None = N
     for s in range(small_layers - 1):  # the last entry is after the final norm: see the docstring
         a, b = small_hidden[s + 1], big_hidden[ends[s] + 1][..., :d]
         layer_deltas.append((a.double() - b.double()).abs().max().item())
-    return Report(delta, small_out.double().abs().max().item(), layer_deltas)
+    return Report(*compared[worst], layer_deltas, output_name=worst, outputs=relative)
 
 
 def _layer_ends(big, small_layers: int, big_layers: int) -> list[int]:
