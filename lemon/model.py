@@ -35,8 +35,9 @@ def expand(model: torch.nn.Module, *, hidden_size: int | None = None,
     spread evenly). ``noise_std`` is the symmetry-breaking scale (None: the config's
     ``initializer_range``; 0: plain copies). ``seed`` (an integer in [0, 2**64)) keys the
     counter-based noise, so the same call gives bit-identical weights. At least one size must
-    grow, and the target config must pass its class's own validation (``config.validate()``). ``model`` is left untouched; the result has the
-    source's dtype, device and train/eval modes (module by module), and its ``config`` has the new sizes.
+    grow, and the target config must pass its class's own validation (``config.validate()``).
+    ``model`` is left untouched; the result has the source's dtype, device and train/eval modes
+    (module by module), and its ``config`` has the new sizes.
 
     Noise goes only where the function leaves freedom: replicas of a weight that is summed
     (fan-in columns, fan-out of copied heads and neurons) get zero-sum noise, weights that read

@@ -45,7 +45,7 @@ def test_gpt2_small_shape_replicas_still_learn_differently(gpt2_small):
     assert torch.equal(fc[:, 0], fc[:, 3072])  # neuron 3072 is a replica of neuron 0
     grad = fc.grad
     relative = ((grad[:, :3072] - grad[:, 3072:]).norm(dim=0) / grad[:, :3072].norm(dim=0)).median()
-    assert relative.item() >= 0.1, relative
+    assert relative.item() >= 0.5, relative  # measured 2.0: the noise dominates GPT-2's c_proj
 
 
 def test_llama_grown_to_24_layers_with_more_kv_heads_is_lossless():
