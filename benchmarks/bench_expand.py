@@ -62,6 +62,23 @@ FULL_CASES = [
                      num_key_value_heads=8)),
 ]
 
+FULL_CASES += [
+    # the headline expansions of the research code lemon is compared with (see the README)
+    dict(name="llama-0.95B -> 3.55B (x2)", family="llama", dtype="bfloat16",
+         source=dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32,
+                     num_key_value_heads=32, intermediate_size=5632, vocab_size=32000),
+         target=dict(hidden_size=4096, intermediate_size=11264, num_attention_heads=64,
+                     num_key_value_heads=64)),
+    dict(name="bert-base -> 24L-1536", family="bert", dtype="float32",
+         source=dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                     intermediate_size=3072, vocab_size=30522),
+         target=dict(hidden_size=1536, intermediate_size=6144, num_hidden_layers=24)),
+    # replica groups of 16 on every split axis: the noise's cost must not grow with the group
+    dict(name="gpt2-32 -> 512 (x16)", family="gpt2", dtype="float32",
+         source=dict(n_embd=32, n_layer=12, n_head=4, vocab_size=50257),
+         target=dict(hidden_size=512, intermediate_size=2048)),
+]
+
 QUICK_CASES = [
     dict(name="gpt2-tiny -> 96/320", family="gpt2", dtype="float32",
          source=dict(n_embd=64, n_layer=2, n_head=4, vocab_size=1000, bos_token_id=0, eos_token_id=0),
@@ -138,12 +155,9 @@ def build_source(case: dict):
 
     hf_logging.set_verbosity_error()
     dtype = getattr(torch, case["dtype"])
-    if case["family"] == "gpt2":
-        config, cls = T.GPT2Config(**case["source"]), T.GPT2LMHeadModel
-    elif case["family"] == "llama":
-        config, cls = T.LlamaConfig(**case["source"]), T.LlamaForCausalLM
-    else:
-        raise ValueError(case["family"])
+    config_class, cls = {"gpt2": (T.GPT2Config, T.GPT2LMHeadModel), "llama": (T.LlamaConfig, T.LlamaForCausalLM),
+                         "bert": (T.BertConfig, T.BertForMaskedLM)}[case["family"]]
+    config = config_class(**case["source"])
     with torch.device("meta"):
         model = cls(config)
     model.to(dtype)
@@ -162,9 +176,8 @@ def build_source(case: dict):
         own = [n for n, b in module.named_buffers(recurse=False) if b is not None]
         if not own:
             continue
-        if not type(module).__name__.endswith("RotaryEmbedding"):
-            raise RuntimeError(f"{module_name} ({type(module).__name__}) has buffers {own} that "
-                               "to_empty left uninitialized and this benchmark cannot rebuild")
+        # to_empty left these uninitialized (rotary inv_freq, BERT's position ids): rebuild the
+        # module alone from the config and take its buffers
         with torch.device("cpu"):
             fresh = type(module)(config=model.config)
         for n in own:
@@ -226,7 +239,7 @@ def run_case(case: dict, repeats: int, verify: bool) -> dict:
     import lemon
     import lemon.reference  # noqa: F401  (imported here so the RSS baseline includes every module)
 
-    _ = T.GPT2LMHeadModel, T.LlamaForCausalLM  # transformers imports these lazily
+    _ = T.GPT2LMHeadModel, T.LlamaForCausalLM, T.BertForMaskedLM  # transformers imports these lazily
     result = {"case": case, "torch_threads": torch.get_num_threads(), "loadavg_start": os.getloadavg(),
               "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}}
     gc.collect()
@@ -330,7 +343,29 @@ def profile_case(case: dict, top: int = 5) -> dict:
 
 # --------------------------------------------------------------------------- driver
 
-def _in_subprocess(mode: str, case: dict, repeats: int, verify: bool) -> dict:
+CONTENDERS = {  # what runs beside the benchmark with --contend
+    # a process that wants a whole core
+    "python": "while True: pass",
+    # another PyTorch program (a test run, a data loader): small elementwise operations on
+    # OpenMP teams of its default size, whose threads spin at barriers
+    "torch": "import torch\nx = torch.randn(1 << 17)\nwhile True: x.mul_(1.0)",
+}
+
+
+def _in_subprocess(mode: str, case: dict, repeats: int, verify: bool, contenders: int = 0,
+                   contender: str = "python") -> dict:
+    spinners = [subprocess.Popen([sys.executable, "-c", CONTENDERS[contender]]) for _ in range(contenders)]
+    try:
+        result = _run_worker(mode, case, repeats, verify)
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+    result["contenders"], result["contender"] = contenders, contender
+    return result
+
+
+def _run_worker(mode: str, case: dict, repeats: int, verify: bool) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
         cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", mode,
@@ -490,6 +525,13 @@ def main(argv=None) -> int:
                         help="also cProfile the first case and record lemon's top functions")
     parser.add_argument("--cases", default=None, help="comma-separated case indices to run (default all)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--contend", type=int, default=0, metavar="N",
+                        help="run N busy processes (one core each) beside every case: how the executor "
+                             "copes with a machine it does not have to itself; results go to "
+                             "bench_expand_contended[_torch].{json,png}")
+    parser.add_argument("--contender", choices=sorted(CONTENDERS), default="python",
+                        help="what the busy processes run: a Python loop (python) or small PyTorch "
+                             "operations on OpenMP teams (torch)")
     parser.add_argument("--no-verify", action="store_true",
                         help="skip lemon.verify of the fp32 outputs (a sanity check, not timed)")
     # internal: one case in this (fresh) process
@@ -514,13 +556,14 @@ def main(argv=None) -> int:
     info = machine_info()
     print(f"lemon expansion benchmark ({'quick' if args.quick else 'full'}): reference executor, "
           f"{info['cpu_count']} CPUs, torch {info['torch']} ({info['torch_threads']} threads), "
-          f"{info['platform']}", flush=True)
+          f"{info['platform']}" + (f", {args.contend} busy {args.contender} process(es) beside it"
+                                   if args.contend else ""), flush=True)
     started = time.perf_counter()
     results = []
     for case in cases:
         t0 = time.perf_counter()
         print(f"  {case['name']} ({case['dtype']}) ...", end=" ", flush=True)
-        r = _in_subprocess("run", case, args.repeats, not args.no_verify)
+        r = _in_subprocess("run", case, args.repeats, not args.no_verify, args.contend, args.contender)
         r["summary"] = summarize(r)
         results.append(r)
         print(f"expand {r['summary']['expand_s']:.2f}s, case total {time.perf_counter() - t0:.0f}s",
@@ -546,13 +589,18 @@ def main(argv=None) -> int:
     print(f"\nbenchmark wall time {total:.0f}s")
 
     record = {"mode": "quick" if args.quick else "full", "machine": info, "wall_s": total,
-              "repeat_limit_s": REPEAT_LIMIT_S, "results": results, "profile": profile}
-    (out / "bench_expand.json").write_text(json.dumps(record, indent=1))
-    written = [out / "bench_expand.json"]
-    if plot(results, out / "bench_expand.png",
+              "repeat_limit_s": REPEAT_LIMIT_S, "contenders": args.contend,
+              "contender": args.contender if args.contend else None, "results": results,
+              "profile": profile}
+    stem = "bench_expand" + ("_contended" if args.contend else "") + (
+        "_torch" if args.contend and args.contender == "torch" else "")
+    (out / f"{stem}.json").write_text(json.dumps(record, indent=1))
+    written = [out / f"{stem}.json"]
+    beside = f", {args.contend} busy {args.contender} process(es) beside it" if args.contend else ""
+    if plot(results, out / f"{stem}.png",
             f"lemon.expand (reference executor) vs clone/copy_ of the output — "
-            f"{info['cpu_count']}-core CPU, torch {info['torch']}"):
-        written.append(out / "bench_expand.png")
+            f"{info['cpu_count']}-core CPU{beside}, torch {info['torch']}"):
+        written.append(out / f"{stem}.png")
     print("wrote " + " and ".join(str(path) for path in written))
     return 0
 
