@@ -4,7 +4,6 @@
 The API's modules are named apart from its functions (``lemon.verify`` lives in
 ``lemon/verification.py``), so importing a submodule never shadows a function.
 """
-from __future__ import annotations
 
 __version__ = "0.1.0"
 

@@ -1,6 +1,8 @@
 """`lemon demo`: the built-in default job. Small random models of every supported family are
 expanded in width (a non-multiple where the family allows it), FFN, heads and depth at once,
-and the expanded models are checked against the originals on random inputs."""
+then a GPT-2-small-shaped model (transformers' default init) is doubled in width and depth,
+where toy models cannot show what goes wrong; every expanded model is checked against its
+original on random inputs."""
 from __future__ import annotations
 
 import time
@@ -26,6 +28,8 @@ def demo_models(seed: int = 0):
         ("llama", T.LlamaForCausalLM(T.LlamaConfig(hidden_size=64, num_key_value_heads=2,
                                                    vocab_size=500, tie_word_embeddings=True, **common)),
          dict(hidden_size=96, num_key_value_heads=3, intermediate_size=200, num_hidden_layers=5)),
+        ("gpt2-s", T.GPT2LMHeadModel(T.GPT2Config(vocab_size=1000, n_positions=128)),  # 768, 12 layers
+         dict(hidden_size=1536, intermediate_size=6144, num_hidden_layers=24)),
     ]
 
 
@@ -39,7 +43,8 @@ def run_demo(seed: int = 0) -> int:
 
     hf_logging.set_verbosity_error()
     logging.getLogger("transformers").setLevel(logging.ERROR)
-    print("lemon demo: expanding random small models of each family, checking outputs on random inputs")
+    print("lemon demo: expanding random models (small ones of each family, then a GPT-2-small shape), "
+          "checking outputs on random inputs")
     print(f"{'family':<7} {'source -> target (hidden/ffn/heads/kv/layers)':<46} {'params':>17} "
           f"{'max|delta|':>10} {'relative':>9} {'time':>6}")
     worst = 0.0
