@@ -80,8 +80,12 @@ class _NoiseAxis:
         self.n_axis = len(plan_axis)
         self.width = hi - lo
         self.counters = counters.to(device)
+        self.counters32 = counters.to(device=device, dtype=torch.int32)
         self.key = plan.noise_key
-        position = lambda u: torch.searchsorted(counters, u).to(device)  # noqa: E731
+
+        def position(u: torch.Tensor) -> torch.Tensor:  # where counter u sits among the drawn ones
+            return torch.searchsorted(counters, u).to(device)
+
         everything_paired = bool(paired.all()) and counters.numel() == self.width
         self.paired = None if everything_paired else torch.nonzero(paired).flatten().to(device)
         self.paired_self = None if everything_paired else position(t[paired])
@@ -117,7 +121,7 @@ class _NoiseAxis:
         shape = (-1, 1) if a == 1 else (1, -1)
         along = (1, -1) if a == 1 else (-1, 1)
         if int(classes.max() + 1) * n < 2**31:  # the usual case: the counter fits int32 arithmetic
-            low = first.to(torch.int32).view(shape) + self.counters.to(torch.int32).view(along)
+            low = first.to(torch.int32).view(shape) + self.counters32.view(along)
             return centred(self.key, low)
         return centred_at(self.key, first.view(shape) + self.counters.view(along))
 
