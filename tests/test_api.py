@@ -186,7 +186,6 @@ def test_the_lemon_command_prints_the_version():
     import shutil
 
     command = shutil.which("lemon")
-    if command is None:
-        pytest.skip("the lemon console script is not installed (pip install -e .)")
+    assert command is not None, "the lemon console script is missing: install as the README says"
     out = run_here(command, "--version")  # PYTHONPATH points it at this checkout's lemon
     assert out.returncode == 0 and out.stdout.strip() == f"lemon {lemon.__version__}", out.stderr
