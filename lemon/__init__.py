@@ -8,7 +8,7 @@ The API's modules are named apart from its functions (``lemon.verify`` lives in
 __version__ = "0.1.0"
 
 _API = {
-    "expand": "lemon.model", "expand_plan": "lemon.model",
+    "expand": "lemon.model", "expand_": "lemon.model", "expand_plan": "lemon.model",
     "available_backends": "lemon.backends", "verify": "lemon.verification",
 }
 __all__ = sorted(_API) + ["__version__"]

@@ -1,7 +1,16 @@
-"""Executors of plans: which exist, which run here, and the fallback when one does not."""
+"""Executors of plans: which exist, where each runs, and the fallback when one cannot.
+
+Every executor has the contract of :func:`lemon.reference.execute` (plan, source, out=None)
+and produces the same bits. ``auto`` picks the fastest that runs on the tensors' device; a
+named backend that cannot run there falls back to the reference executor with one warning
+that points at the caller's line.
+"""
 from __future__ import annotations
 
+import importlib.util
+import os
 import warnings
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -10,32 +19,69 @@ from .caller import stacklevel_outside_lemon
 from .plan import TensorPlan
 
 Executor = Callable[[TensorPlan, torch.Tensor], torch.Tensor]
-BACKENDS = ("reference", "triton", "cpp", "cuda")  # fastest last to be built; "auto" picks
 
 
-def _reference() -> Executor:
+def triton_interpreter() -> bool:
+    """Triton's interpreter runs kernels on CPU tensors (read when the kernels are first
+    imported, so set TRITON_INTERPRET=1 before the first expansion)."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _triton_runs_on(device: torch.device) -> bool:
+    if importlib.util.find_spec("triton") is None:
+        return False
+    if device.type == "cuda":
+        return torch.cuda.is_available()
+    return device.type == "cpu" and triton_interpreter()
+
+
+def _load_reference() -> Executor:
     from .reference import execute
     return execute
 
 
-_LOADERS: dict[str, Callable[[], Executor]] = {"reference": _reference}
+def _load_triton() -> Executor:
+    from lemon_kernels.executor import execute
+    return execute
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    runs_on: Callable[[torch.device], bool]  # can it execute plans on tensors of this device, here?
+    load: Callable[[], Executor]
+    where: str  # what it needs, for the fallback message
+
+
+BACKENDS = {
+    "reference": Backend("reference", lambda device: True, _load_reference, "anywhere"),
+    "triton": Backend("triton", _triton_runs_on, _load_triton,
+                      "Triton with CUDA tensors, or CPU tensors under TRITON_INTERPRET=1"),
+}
+NAMES = ("reference", "triton", "cpp", "cuda")  # every name the API accepts; cpp and cuda are to come
+AUTO = {"cuda": ("triton", "reference"), "cpu": ("reference",)}  # fastest first; the interpreter is slow
 
 
 def available_backends() -> list[str]:
-    """The backends that can execute plans on this machine."""
-    return [name for name in BACKENDS if name in _LOADERS]
+    """The backends that can execute plans on this machine (on some device of it)."""
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    return [name for name, backend in BACKENDS.items() if any(backend.runs_on(d) for d in devices)]
 
 
 def executor(backend: str = "auto", device: torch.device | None = None) -> Executor:
-    """The executor for ``backend``. "auto" picks the fastest available for ``device``; a known
-    backend that cannot run here falls back to the reference executor with a warning."""
-    if backend != "auto" and backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose 'auto' or one of {BACKENDS}")
+    """The executor for ``backend`` on tensors of ``device`` (default: CPU)."""
+    device = torch.device(device if device is not None else "cpu")
+    if backend != "auto" and backend not in NAMES:
+        raise ValueError(f"unknown backend {backend!r}; choose 'auto' or one of {NAMES}")
     if backend == "auto":
-        backend = available_backends()[-1]
-    if backend not in _LOADERS:
-        warnings.warn(f"lemon: backend {backend!r} is not available here "
-                      f"(available: {available_backends()}); using the reference executor",
+        for name in AUTO.get(device.type, ("reference",)):
+            if BACKENDS[name].runs_on(device):
+                return BACKENDS[name].load()
+    chosen = BACKENDS.get(backend)
+    if chosen is None or not chosen.runs_on(device):
+        need = chosen.where if chosen else "a later version of lemon"
+        warnings.warn(f"lemon: backend {backend!r} is not available here for {device.type} tensors "
+                      f"(it needs {need}; available: {available_backends()}); using the reference executor",
                       stacklevel=stacklevel_outside_lemon())
-        backend = "reference"
-    return _LOADERS[backend]()
+        return BACKENDS["reference"].load()
+    return chosen.load()

@@ -59,9 +59,43 @@ def expand(model: torch.nn.Module, *, hidden_size: int | None = None,
     return build(model, plan, backend=backend, progress=progress)
 
 
+def expand_(model: torch.nn.Module, *, hidden_size: int | None = None,
+            intermediate_size: int | None = None, num_attention_heads: int | None = None,
+            num_key_value_heads: int | None = None, num_hidden_layers: int | None = None,
+            layer_positions: list[int] | None = None, seed: int = 0,
+            noise_std: float | None = None, backend: str = "auto",
+            progress: bool | None = None) -> torch.nn.Module:
+    """:func:`expand` in place: ``model`` itself becomes the expanded model (the same object, its
+    modules and config replaced), bit for bit what :func:`expand` returns.
+
+    It works tensor by tensor: each source tensor's expansions are made, then its storage is
+    released, so the peak is the final model plus the largest source tensor (plus the plan's
+    index vectors), which lets a model that fills most of a GPU be widened on it. Everything
+    is validated before the first tensor moves; a failure after that (running out of memory)
+    leaves the model unusable, so keep a copy or use :func:`expand` if you need the original.
+    Hooks registered on the old submodules do not carry over."""
+    check_progress(progress)
+    plan = plan_expansion(model, hidden_size=hidden_size, intermediate_size=intermediate_size,
+                          num_attention_heads=num_attention_heads,
+                          num_key_value_heads=num_key_value_heads,
+                          num_hidden_layers=num_hidden_layers, layer_positions=layer_positions,
+                          seed=seed, noise_std=noise_std)
+    target = build(model, plan, backend=backend, progress=progress, consume=True)
+    for registry in ("_parameters", "_buffers", "_modules"):  # the object stays, its contents change
+        own = getattr(model, registry)
+        own.clear()
+        own.update(getattr(target, registry))
+    model._non_persistent_buffers_set = target._non_persistent_buffers_set
+    model.config = target.config
+    model.lemon_layers = target.lemon_layers
+    return model
+
+
 def build(model: torch.nn.Module, plan: ExpansionPlan, backend: str = "auto",
-          progress: bool | None = None) -> torch.nn.Module:
-    """Carry out ``plan`` on ``model``'s weights into a new model of the same class."""
+          progress: bool | None = None, consume: bool = False) -> torch.nn.Module:
+    """Carry out ``plan`` on ``model``'s weights into a new model of the same class. With
+    ``consume``, each source parameter's storage is released once its last expansion is made
+    (what :func:`expand_` needs); ``model`` is unusable afterwards."""
     sources = dict(model.named_parameters(remove_duplicate=False))
     device = next(iter(sources.values())).device
     run = executor(backend, device)
@@ -74,14 +108,20 @@ def build(model: torch.nn.Module, plan: ExpansionPlan, backend: str = "auto",
     if missing:
         raise RuntimeError(f"the expanded {type(target).__name__} has parameters the plan does not make: "
                            f"{sorted(missing)[:5]}")
-    made: dict[int, torch.nn.Parameter] = {}  # id of a meta Parameter -> its filled Parameter
+    aliases: dict[int, list[str]] = {}  # tied names share one meta Parameter, hence one result
+    for name, meta in meta_params.items():
+        aliases.setdefault(id(meta), []).append(name)
+    # source by source, in the model's order: a source is done once its last expansion is made
+    rank = {name: i for i, name in enumerate(sources)}
+    order = sorted(plan.tensors.items(), key=lambda item: rank[item[1].source])
+    last_use = {tensor_plan.source: name for name, tensor_plan in order}
     total = elements_written(plan)
     terminal = getattr(sys.stderr, "isatty", lambda: False)()
     # in a log (stderr not a terminal) every refresh stays in the file: refresh rarely there
     with tqdm(total=total, desc="lemon: expanding", unit="el", unit_scale=True, file=sys.stderr,
               disable=not show_progress(check_progress(progress), total),
               mininterval=0.1 if terminal else 10.0) as bar:
-        for name, tensor_plan in plan.tensors.items():
+        for name, tensor_plan in order:
             source = sources[tensor_plan.source]
             meta = meta_params[name]
             if tuple(meta.shape) != tensor_plan.shape:
@@ -90,10 +130,11 @@ def build(model: torch.nn.Module, plan: ExpansionPlan, backend: str = "auto",
             with torch.no_grad():
                 param = torch.nn.Parameter(run(tensor_plan, source.detach()),
                                            requires_grad=source.requires_grad)
-            made[id(meta)] = param
+            for alias in aliases[id(meta)]:
+                _set(target, alias, param)
+            if consume and last_use[tensor_plan.source] == name:
+                source.data = torch.empty(0, dtype=source.dtype, device=source.device)
             bar.update(param.numel())
-    for name, meta in meta_params.items():
-        _set(target, name, made[id(meta)])  # tied names share one meta Parameter, hence one result
 
     family = find_family(model.config)
     source_buffers = dict(model.named_buffers(remove_duplicate=False))

@@ -2,12 +2,20 @@
 
 The default init leaves norm gains at 1 and biases at 0, which would hide mistakes in the
 rules for gains, biases and their scaling; every parameter is drawn at random instead.
+
+Without a GPU the Triton kernels run on CPU tensors through Triton's interpreter: the variable
+must be set before the kernels are first imported, hence here.
 """
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
 import transformers as T
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 T.logging.set_verbosity_error()
 

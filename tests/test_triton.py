@@ -1,0 +1,226 @@
+"""The Triton executor (lemon_kernels) gives the reference executor's bits, on every plan.
+
+Without a GPU these run the real kernels through Triton's interpreter (TRITON_INTERPRET=1,
+set in conftest.py), on CPU tensors; on a GPU machine the same tests run on CUDA tensors.
+Every output is NaN-poisoned before the launch, so an element the kernel does not write fails.
+"""
+from __future__ import annotations
+
+import random
+import warnings
+
+import pytest
+import torch
+
+import lemon
+from lemon import maps, reference
+from lemon.noise import tensor_key
+from lemon.plan import MEAN, ONE, ZERO, Axis, TensorPlan
+
+from conftest import make_model
+from test_reference import random_plan
+
+from lemon_kernels import executor  # noqa: E402  (Triton is a test dependency)
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
+
+
+def run_both(plan: TensorPlan, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Triton's output, the reference's) for ``plan`` on ``source``; Triton's into a NaN-poisoned
+    block of the plan's window."""
+    (r0, r1), (c0, c1) = plan.block
+    whole = plan.block == ((0, plan.view_shape[0]), (0, plan.view_shape[1]))
+    out = torch.full(plan.shape if whole else (r1 - r0, c1 - c0), float("nan"), dtype=source.dtype,
+                     device=DEVICE)
+    got = executor.execute(plan, source.to(DEVICE), out=out)
+    assert got is out
+    return got.cpu(), reference.execute(plan, source)
+
+
+def assert_same_bits(plan, source):
+    got, want = run_both(plan, source)
+    assert not torch.isnan(got).any(), f"{plan.name}: {int(torch.isnan(got).sum())} elements not written"
+    assert torch.equal(got, want), (f"{plan.name}: max |delta| "
+                                    f"{(got.double() - want.double()).abs().max().item():g}")
+
+
+# ---------------------------------------------------------------- random plans (the reference's own)
+
+@pytest.mark.parametrize("noise_axis", [None, 0, 1])
+@pytest.mark.parametrize("n_rows,n_cols", [(1, 1), (7, 33), (33, 7), (33, 33), (1000, 7), (3, 1030)])
+def test_random_plans_give_the_reference_bits_in_every_dtype(n_rows, n_cols, noise_axis):
+    for rep in range(2):
+        seed = 7000 * n_rows + 13 * n_cols + rep + (0 if noise_axis is None else 50_000 * (noise_axis + 1))
+        plan, source = random_plan(seed, n_rows, n_cols, noise_axis)
+        for dtype in DTYPES:
+            assert_same_bits(plan, source.to(dtype))
+
+
+# ---------------------------------------------------------------- plans shaped like the rules' plans
+
+def structured_axis(rng: random.Random, kind: str, n_source: int, n_target: int) -> Axis:
+    """An axis as the rules make them: streams in every form, circular units, head blocks,
+    GQA rearrangements, twin maps, identity; split axes get 1/n scales."""
+    head_dim = 4
+    if kind in ("avg", "zero", "circ"):
+        index = maps.stream(n_source, n_target, kind)
+    elif kind == "heads":
+        index = maps.blocks(maps.circular(n_target // head_dim, n_source // head_dim), head_dim)
+    elif kind == "gqa":  # 4 query heads / 2 KV heads -> 6 / 6: rearranged, not circular
+        index = maps.blocks(maps.attention_heads(4, 2, 6, 6)[0], head_dim)
+    elif kind == "twins":
+        index = maps.circular(n_target, maps.twin_period(n_source, n_target))
+    else:
+        index = torch.arange(n_target) % n_source
+    split = rng.random() < 0.5
+    scale = maps.split_scale(index) if split else torch.tensor([rng.uniform(0.5, 1.5) for _ in index])
+    return Axis(index, scale if rng.random() < 0.8 else None)
+
+
+AXIS_SHAPES = {  # kind -> (source length, target length)
+    "avg": (24, 61), "zero": (24, 50), "circ": (40, 100), "heads": (16, 40), "gqa": (16, 24),
+    "twins": (33, 33), "keep": (37, 37), "wide_circ": (32, 512),
+}
+
+
+@pytest.mark.parametrize("noise_axis", [0, 1, None])
+@pytest.mark.parametrize("noise_kind", ["zero", "circ", "heads", "gqa", "twins", "wide_circ"])
+@pytest.mark.parametrize("other_kind", ["avg", "heads", "keep"])
+def test_rule_shaped_plans_give_the_reference_bits(noise_kind, other_kind, noise_axis):
+    rng = random.Random(hash((noise_kind, other_kind, noise_axis)) % 2**32)
+    kinds = (noise_kind, other_kind) if noise_axis in (0, None) else (other_kind, noise_kind)
+    axes = []
+    for kind in kinds:
+        n_source, n_target = AXIS_SHAPES[kind]
+        axes.append(structured_axis(rng, "circ" if kind == "wide_circ" else kind, n_source, n_target))
+    src_shape = tuple(AXIS_SHAPES[k][0] for k in kinds)
+    name = f"w.{noise_kind}.{other_kind}"
+    plan = TensorPlan(name=name, source=name, source_shape=src_shape, shape=tuple(len(a) for a in axes), split=1,
+                      axes=tuple(axes), noise_axis=noise_axis, noise_std=0.02 if noise_axis is not None else 0.0,
+                      noise_key=tensor_key(3, name))
+    source = torch.randn(src_shape, generator=torch.Generator().manual_seed(len(name)))
+    for dtype in (torch.float32, torch.bfloat16):
+        assert_same_bits(plan, source.to(dtype))
+
+
+def test_closed_and_table_noise_paths_are_both_exercised():
+    """Circular maps and GQA rearrangements keep each replica group inside one periodic segment
+    (the next replica is implied); a map with no period does not (the next replica comes from
+    a table), and both give the reference's bits."""
+    scattered = torch.randint(0, 20, (50,), generator=torch.Generator().manual_seed(0))
+    cases = [(maps.circular(100, 40), 40, True),
+             (maps.blocks(maps.attention_heads(4, 2, 6, 6)[0], 4), 16, True),
+             (scattered, 20, False)]
+    for index, n_source, closed in cases:
+        axis = Axis(index, maps.split_scale(index))
+        ext = axis.extended(n_source)
+        segs = executor.segments(ext, n_source)
+        assert all(executor._closed(s, axis.next_replica, 0, ext < n_source) == closed for s in segs)
+        plan = TensorPlan(name="t", source="t", source_shape=(7, n_source), shape=(7, len(axis)), split=1,
+                          axes=(Axis(torch.arange(7)), axis), noise_axis=1, noise_std=0.1,
+                          noise_key=tensor_key(0, "t"))
+        assert_same_bits(plan, torch.randn(7, n_source, generator=torch.Generator().manual_seed(1)))
+
+
+# ---------------------------------------------------------------- windows, specials, sizes
+
+@pytest.mark.parametrize("noise_axis", [0, 1])
+def test_windows_that_cut_replica_groups_give_the_slice_of_the_whole(noise_axis):
+    rng = random.Random(noise_axis)
+    noise = structured_axis(rng, "circ", 40, 100)
+    other = structured_axis(rng, "avg", 24, 61)
+    axes = (noise, other) if noise_axis == 0 else (other, noise)
+    shape = tuple(len(a) for a in axes)
+    src_shape = (40, 24) if noise_axis == 0 else (24, 40)
+    plan = TensorPlan(name="win", source="win", source_shape=src_shape, shape=shape, split=1, axes=axes,
+                      noise_axis=noise_axis, noise_std=0.05, noise_key=tensor_key(1, "win"))
+    source = torch.randn(src_shape, generator=torch.Generator().manual_seed(2))
+    whole, _ = run_both(plan, source)
+    for axis, (start, stop) in [(noise_axis, (17, 83)), (1 - noise_axis, (5, 50)), (noise_axis, (0, 1))]:
+        block = plan.restrict(axis, start, stop)
+        assert_same_bits(block, source)
+        got, _ = run_both(block, source)
+        assert torch.equal(got, whole.narrow(axis, start, stop - start))
+    assert_same_bits(plan.restrict(0, 3, 30).restrict(1, 7, 40), source)
+
+
+def test_specials_on_both_axes():
+    rows = torch.tensor([0, 1, MEAN, ONE, ZERO, 1, 0, MEAN] * 3)
+    cols = torch.cat([torch.arange(20) % 5, torch.tensor([MEAN, ONE, ZERO, MEAN])])
+    plan = TensorPlan(name="s", source="s", source_shape=(2, 5), shape=(24, 24), split=1,
+                      axes=(Axis(rows, torch.linspace(-2, 2, 24, dtype=torch.float64)), Axis(cols)))
+    for dtype in DTYPES:
+        assert_same_bits(plan, torch.randn(2, 5, generator=torch.Generator().manual_seed(9)).to(dtype))
+
+
+def test_counters_above_2_pow_32_take_the_wide_path():
+    """class * len(noise axis) crosses 2^32: the other axis holds source rows up to 69999 (and
+    MEAN, class 70000) of a 70000 x 16 source, the noise axis is 70001 long; class 61355's
+    counters cross 2^32 at noise index 55941. Windows keep the launches small."""
+    n_noise, n_other = 70_001, 70_000
+    noise = Axis(torch.arange(n_noise) % 16)
+    other = Axis(torch.tensor([61_355, 0, 69_999, MEAN, 61_355, 12]))
+    plan = TensorPlan(name="big", source="big", source_shape=(n_other, 16), shape=(6, n_noise), split=1,
+                      axes=(other, noise), noise_axis=1, noise_std=0.02, noise_key=tensor_key(5, "big"))
+    assert (n_other + 1) * n_noise > 2**32 > 61_355 * n_noise + 55_940
+    source = torch.randn(n_other, 16, generator=torch.Generator().manual_seed(1))
+    for start, stop in [(0, 300), (55_900, 56_000), (69_900, 70_001)]:
+        assert_same_bits(plan.restrict(1, start, stop), source)
+
+
+# ---------------------------------------------------------------- whole models, dispatch, in place
+
+@pytest.mark.parametrize("family,kwargs", [
+    ("gpt2", dict(hidden_size=64, intermediate_size=160, num_hidden_layers=3)),
+    ("llama", dict(hidden_size=64, num_attention_heads=8, num_key_value_heads=4, num_hidden_layers=3)),
+    ("llama", dict(hidden_size=48, num_attention_heads=6, num_key_value_heads=6)),
+    ("llama_tied", dict(hidden_size=48, intermediate_size=100, num_hidden_layers=4)),
+    ("bert", dict(hidden_size=64, num_hidden_layers=3)),
+    ("vit", dict(hidden_size=48, intermediate_size=100, num_hidden_layers=3)),
+])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_whole_models_expand_to_the_reference_bits(family, kwargs, dtype):
+    small = make_model(family, dtype=dtype)
+    reference_model = lemon.expand(small, backend="reference", progress=False, **kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the kernels run here: no fallback
+        triton_model = lemon.expand(small.to(DEVICE), backend="triton", progress=False, **kwargs)
+    want = reference_model.state_dict()
+    for name, tensor in triton_model.state_dict().items():
+        assert torch.equal(tensor.cpu(), want[name]), name
+
+
+def test_triton_is_listed_and_dispatched_where_it_runs(monkeypatch):
+    assert "triton" in lemon.available_backends()
+    from lemon import backends
+
+    assert backends.executor("triton", torch.device(DEVICE)) is executor.execute
+    if DEVICE == "cpu":  # without the interpreter, CPU tensors fall back with one warning
+        monkeypatch.setenv("TRITON_INTERPRET", "0")
+        assert "triton" not in lemon.available_backends()
+        with pytest.warns(UserWarning, match="'triton' is not available here for cpu tensors") as record:
+            run = backends.executor("triton", torch.device("cpu"))
+        assert run is reference.execute and len(record) == 1
+        assert record[0].filename == __file__ or record[0].filename.endswith("test_triton.py")
+        assert backends.executor("auto", torch.device("cpu")) is reference.execute
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+@pytest.mark.parametrize("family", ["gpt2", "llama_tied", "bert"])
+def test_expand_in_place_equals_expand_and_keeps_ties(family, backend):
+    kwargs = dict(hidden_size=64, num_hidden_layers=3)
+    expected = lemon.expand(make_model(family), backend="reference", progress=False, **kwargs)
+    model = make_model(family)
+    old = list(model.parameters())
+    result = lemon.expand_(model, backend=backend, progress=False, **kwargs)
+    assert result is model and model.config.hidden_size == 64 and model.config.num_hidden_layers == 3
+    assert all(p.numel() == 0 for p in old), "every source tensor is released"
+    assert list(model.state_dict()) == list(expected.state_dict())
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, expected.state_dict()[name]), name
+    params = dict(model.named_parameters(remove_duplicate=False))
+    ties = {"gpt2": ("lm_head.weight", "transformer.wte.weight"),
+            "llama_tied": ("lm_head.weight", "model.embed_tokens.weight"),
+            "bert": ("cls.predictions.decoder.weight", "bert.embeddings.word_embeddings.weight")}[family]
+    assert params[ties[0]] is params[ties[1]]
+    assert lemon.verify(make_model(family), model).output_relative <= 1e-5
