@@ -170,8 +170,10 @@ def launches(plan: TensorPlan, source: torch.Tensor, out: torch.Tensor) -> list[
                     scale[1] if scale[1] is not None else placeholder,
                     means[0], means[1], means[2], noise_scales, next_table,
                     n_rows, n_cols, source_view.stride(0), c1 - c0,
-                    seg_r.start, seg_r.length, seg_r.period, seg_r.first or 0, r0,
-                    seg_c.start, seg_c.length, seg_c.period, seg_c.first or 0, c0,
+                    seg_r.start, seg_r.length, seg_r.period, triton.cdiv(seg_r.length, seg_r.period),
+                    seg_r.first or 0, r0,
+                    seg_c.start, seg_c.length, seg_c.period, triton.cdiv(seg_c.length, seg_c.period),
+                    seg_c.first or 0, c0,
                     key, n_noise)
             constexprs = dict(
                 COMPUTE=compute, OUT_KIND=out_kind, NOISE_AXIS=noise_axis, NEXT_TABLE=not closed,

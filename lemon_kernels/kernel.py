@@ -71,8 +71,9 @@ def expand_segment(
     noise_scale_ptr,  # [free, replica], compute dtype
     next_ptr,  # per noise-axis window position: the global index of its next replica (table mode)
     n_src_rows, n_src_cols, src_stride, out_stride,
-    row_start, row_len, row_period, row_first, row_global,  # segment: window start, length, period,
-    col_start, col_len, col_period, col_first, col_global,  # first base index if affine, window origin
+    row_start, row_len, row_period, row_reps, row_first, row_global,  # segment: window start, length,
+    col_start, col_len, col_period, col_reps, col_first, col_global,  # period, replicas (periods, the last
+    # maybe partial), first base index if affine, window origin
     key, n_noise,
     COMPUTE: tl.constexpr, OUT_KIND: tl.constexpr,  # OUT_KIND: 0 same as COMPUTE, 1 bf16 bits, 2 fp16
     NOISE_AXIS: tl.constexpr, NEXT_TABLE: tl.constexpr, WIDE_COUNTERS: tl.constexpr,
@@ -113,12 +114,10 @@ def expand_segment(
         zero = (ext_r == n_src_rows + 2)[:, None] | (ext_c == n_src_cols + 2)[None, :]
         value = tl.where(zero, 0.0, value)
 
-    reps_r = tl.cdiv(row_len, row_period)
-    reps_c = tl.cdiv(col_len, col_period)
     if NOISE_AXIS == 0:
-        reps_outer, reps_inner = reps_r, reps_c
+        reps_outer, reps_inner = row_reps, col_reps
     else:
-        reps_outer, reps_inner = reps_c, reps_r
+        reps_outer, reps_inner = col_reps, row_reps
 
     if NOISE_AXIS >= 0:
         key_hash = _lowbias32(key.to(tl.uint32))  # the high word is 0: one hash for the program
