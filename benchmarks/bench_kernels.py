@@ -45,8 +45,6 @@ LLAMA_8B_X2 = dict(hidden_size=8192, intermediate_size=28672, num_attention_head
 
 def weight_plan(source_shape, target_shape):
     """The plan of a fan-in weight: rows copied circularly, columns split with zero-sum noise."""
-    import torch
-
     from lemon import maps
     from lemon.noise import tensor_key
     from lemon.plan import Axis, TensorPlan
@@ -60,8 +58,6 @@ def weight_plan(source_shape, target_shape):
 
 def timer(device):
     """median seconds of fn() on ``device``."""
-    import torch
-
     if device.type == "cuda":
         from triton.testing import do_bench
 
@@ -105,7 +101,6 @@ def tensor_section(device, backends, dtypes, sizes) -> list[dict]:
                              "vs_copy": (moved / seconds) / (2 * out_bytes / copy_s)})
                 print(f"  {label:<26} {rows[-1]['dtype']:<9} {name:<9} {seconds * 1e3:9.2f} ms "
                       f"{rows[-1]['gb_per_s']:8.1f} GB/s  {100 * rows[-1]['vs_copy']:5.1f}% of copy_", flush=True)
-            del source, out, scratch
     return rows
 
 

@@ -78,7 +78,9 @@ def scales(std: float) -> tuple[float, float]:
     return std * CENTRED_SCALE, std * CENTRED_SCALE / math.sqrt(2.0)
 
 
-def _signed32(value: int) -> int:
+def signed32(value: int) -> int:
+    """A 32-bit word as the signed int32 holding the same bits (torch int32 tensors, Triton
+    kernel arguments: a Python int >= 2^31 would widen them to 64 bits)."""
     return value - (1 << 32) if value >= 1 << 31 else value
 
 
@@ -89,9 +91,9 @@ def hash32(x):
     one is masked back to a logical shift. Half the bytes of int64 arithmetic: ~2x faster.
     """
     x ^= (x >> 16) & 0xFFFF
-    x.mul_(_signed32(0x7FEB352D))
+    x.mul_(signed32(0x7FEB352D))
     x ^= (x >> 15) & 0x1FFFF
-    x.mul_(_signed32(0x846CA68B))
+    x.mul_(signed32(0x846CA68B))
     x ^= (x >> 16) & 0xFFFF
     return x
 
@@ -100,7 +102,7 @@ def centred(key: int, counter_lo, counter_hi: int = 0):
     """The centred integers (int32 tensor) for counters ``counter_hi * 2^32 + counter_lo``:
     ``counter_lo`` is an int32 tensor holding the low 32 bits (consumed in place),
     ``counter_hi`` the high word, shared by the whole tensor (one hash for all of it)."""
-    u = hash32(counter_lo.bitwise_xor_(_signed32(hash32_int(key ^ counter_hi))))
+    u = hash32(counter_lo.bitwise_xor_(signed32(hash32_int(key ^ counter_hi))))
     high = (u >> 16) & 0xFFFF
     return u.bitwise_and_(0xFFFF).add_(high).sub_(CENTRED_OFFSET)
 

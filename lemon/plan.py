@@ -183,6 +183,26 @@ class TensorPlan:
     def has_noise(self) -> bool:
         return self.noise_axis is not None and self.noise_std != 0.0
 
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        """What an executor writes: the stored shape for the whole tensor, else the window's view block."""
+        (r0, r1), (c0, c1) = self.block
+        whole = self.block == ((0, self.view_shape[0]), (0, self.view_shape[1]))
+        return self.shape if whole else (r1 - r0, c1 - c0)
+
+    def check_source(self, source: torch.Tensor) -> None:
+        if tuple(source.shape) != tuple(self.source_shape):
+            raise ValueError(f"{self.name}: source {self.source} has shape {tuple(source.shape)}, "
+                             f"the plan expects {tuple(self.source_shape)}")
+
+    def window_maps(self, device: torch.device, dtype: torch.dtype):
+        """Per view axis, over the window: (extended indices, scales in ``dtype`` or None)."""
+        maps = []
+        for axis, (lo, hi), n_source in zip(self.axes, self.block, self.source_view_shape):
+            scale = None if axis.scale is None else axis.scale[lo:hi].to(device=device, dtype=dtype)
+            maps.append((axis.extended(n_source)[lo:hi], scale))
+        return maps
+
     def restrict(self, axis: int, start: int, stop: int) -> "TensorPlan":
         """The plan of the view block ``[start, stop)`` along ``axis`` (within the current window)."""
         block = list(self.block)

@@ -161,20 +161,16 @@ def execute(plan: TensorPlan, source: torch.Tensor, out: torch.Tensor | None = N
 
 
 def _execute(plan: TensorPlan, source: torch.Tensor, out: torch.Tensor | None, workers: int) -> torch.Tensor:
-    if tuple(source.shape) != tuple(plan.source_shape):
-        raise ValueError(f"{plan.name}: source {plan.source} has shape {tuple(source.shape)}, "
-                         f"the plan expects {tuple(plan.source_shape)}")
+    plan.check_source(source)
     (r0, r1), (c0, c1) = plan.block
-    whole = plan.window is None or plan.block == ((0, plan.view_shape[0]), (0, plan.view_shape[1]))
     dtype, device = compute_dtype(source.dtype), source.device
     if out is None:
-        out = torch.empty(plan.shape if whole else (r1 - r0, c1 - c0), dtype=source.dtype, device=device)
+        out = torch.empty(plan.output_shape, dtype=source.dtype, device=device)
     out_view = out.view(r1 - r0, c1 - c0)
     ext = _extended_source(plan, source.reshape(plan.source_view_shape), dtype)
-    index, scale = [], []
-    for axis, (lo, hi), n_source in zip(plan.axes, plan.block, plan.source_view_shape):
-        index.append(axis.extended(n_source)[lo:hi].to(device))
-        scale.append(None if axis.scale is None else axis.scale[lo:hi].to(device=device, dtype=dtype))
+    maps = plan.window_maps(device, dtype)
+    index = [ext_index.to(device) for ext_index, _ in maps]
+    scale = [axis_scale for _, axis_scale in maps]
 
     # walk the axis that carries no noise (rows without noise); chunks span the other whole
     walk = 0 if plan.noise_axis in (None, 1) else 1

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import triton
 
-from lemon.noise import scales
+from lemon.noise import scales, signed32
 from lemon.plan import TensorPlan
 from lemon.reference import compute_dtype
 
@@ -101,15 +101,12 @@ def execute(plan: TensorPlan, source: torch.Tensor, out: torch.Tensor | None = N
 
 
 def _output(plan: TensorPlan, source: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
-    if tuple(source.shape) != tuple(plan.source_shape):
-        raise ValueError(f"{plan.name}: source {plan.source} has shape {tuple(source.shape)}, "
-                         f"the plan expects {tuple(plan.source_shape)}")
+    plan.check_source(source)
     if source.dtype not in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
         raise TypeError(f"{plan.name}: the Triton executor handles fp32, fp64, bf16 and fp16, not {source.dtype}")
     (r0, r1), (c0, c1) = plan.block
-    whole = plan.block == ((0, plan.view_shape[0]), (0, plan.view_shape[1]))
     if out is None:
-        return torch.empty(plan.shape if whole else (r1 - r0, c1 - c0), dtype=source.dtype, device=source.device)
+        return torch.empty(plan.output_shape, dtype=source.dtype, device=source.device)
     if out.dtype != source.dtype or out.numel() != (r1 - r0) * (c1 - c0) or not out.is_contiguous():
         raise ValueError(f"{plan.name}: out must be a contiguous {source.dtype} tensor of "
                          f"{(r1 - r0) * (c1 - c0)} elements, got {out.dtype} {tuple(out.shape)}")
@@ -129,10 +126,9 @@ def launches(plan: TensorPlan, source: torch.Tensor, out: torch.Tensor) -> list[
     row_means, col_means, total = plan.means(source_view)
     means = [m.to(dtype) if m is not None else torch.zeros(1, dtype=dtype, device=device)
              for m in (row_means, col_means, total)]
-    ext, scale = [], []
-    for axis, (lo, hi), n_source in zip(plan.axes, plan.block, plan.source_view_shape):
-        ext.append(axis.extended(n_source)[lo:hi])
-        scale.append(None if axis.scale is None else axis.scale[lo:hi].to(device=device, dtype=dtype))
+    maps = plan.window_maps(device, dtype)
+    ext = [ext_index for ext_index, _ in maps]  # stays on the CPU: segments are cut on the host
+    scale = [axis_scale for _, axis_scale in maps]
 
     noise_axis = plan.noise_axis if plan.has_noise else -1
     if noise_axis >= 0:
@@ -144,7 +140,7 @@ def launches(plan: TensorPlan, source: torch.Tensor, out: torch.Tensor) -> list[
         classes = int(ext[1 - noise_axis].max()) + 1
         wide = classes * n_noise >= 2**32
         noise_scales = torch.tensor(scales(plan.noise_std), dtype=dtype, device=device)  # each rounded once
-        key = plan.noise_key - (1 << 32) if plan.noise_key >= 1 << 31 else plan.noise_key  # as int32
+        key = signed32(plan.noise_key)
     else:
         next_table = noise_scales = torch.zeros(1, dtype=torch.int64, device=device)
         n_noise, wide, key = 1, False, 0

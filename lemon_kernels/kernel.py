@@ -125,12 +125,12 @@ def expand_segment(
         replica_scale = tl.load(noise_scale_ptr + 1)
         # along the noise axis: base index s, its length and period; the class of the other axis
         if NOISE_AXIS == 0:
-            base_a, len_a, period_a, start_a, global_a, in_a = base_r, row_len, row_period, row_start, row_global, in_r
+            base_a, len_a, period_a, start_a, global_a = base_r, row_len, row_period, row_start, row_global
             other_class, other_real_zero = ext_c[None, :], (ext_c == n_src_cols + 2)[None, :]
             free = (ext_r == n_src_rows + 2)[:, None]
             a_index = base_a[:, None]
         else:
-            base_a, len_a, period_a, start_a, global_a, in_a = base_c, col_len, col_period, col_start, col_global, in_c
+            base_a, len_a, period_a, start_a, global_a = base_c, col_len, col_period, col_start, col_global
             other_class, other_real_zero = ext_r[:, None], (ext_r == n_src_rows + 2)[:, None]
             free = (ext_c == n_src_cols + 2)[None, :]
             a_index = base_a[None, :]

@@ -28,10 +28,7 @@ DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
 def run_both(plan: TensorPlan, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(Triton's output, the reference's) for ``plan`` on ``source``; Triton's into a NaN-poisoned
     block of the plan's window."""
-    (r0, r1), (c0, c1) = plan.block
-    whole = plan.block == ((0, plan.view_shape[0]), (0, plan.view_shape[1]))
-    out = torch.full(plan.shape if whole else (r1 - r0, c1 - c0), float("nan"), dtype=source.dtype,
-                     device=DEVICE)
+    out = torch.full(plan.output_shape, float("nan"), dtype=source.dtype, device=DEVICE)
     got = executor.execute(plan, source.to(DEVICE), out=out)
     assert got is out
     return got.cpu(), reference.execute(plan, source)
