@@ -1,24 +1,36 @@
-"""What whole-model expansion costs: ``lemon.expand(..., backend="reference")`` against the two
-memory-traffic ceilings of writing a model of the output's size.
+"""What whole-model expansion costs: ``lemon.expand(..., backend=B)`` for each executor backend B
+against the two memory-traffic ceilings of writing a model of the output's size.
 
-    python benchmarks/bench_expand.py [--quick] [--out benchmarks/results] [--profile]
+    python benchmarks/bench_expand.py [--quick] [--out benchmarks/results] [--backends reference,cpp]
+                                      [--cases 0,2] [--repeats 3] [--profile] [--contend N] [--no-verify]
 
 Per case (random weights, built offline from transformers configs) it measures, in a fresh
-subprocess so that earlier cases do not mask later ones' peak memory:
+subprocess so that earlier cases do not mask later ones' peak memory, and in that process every
+backend of ``--backends`` (default ``reference,cpp`` where lemon's C++ extension is built, else
+``reference``) one after the other on the same source model:
 
-* ``expand``: wall time of ``lemon.expand(model, ..., backend="reference", progress=False)``
-  (a first, cold run is reported on its own, and gives the peak memory; then the median of 3
-  more runs, or just the first if it took more than 30 s), and the same with ``noise_std=0``
-  (no symmetry-breaking noise: what noise generation costs);
-* ``clone``: ``v.clone()`` of every output tensor (fresh allocation + copy of the output size);
+* ``expand``: wall time of ``lemon.expand(model, ..., backend=B, progress=False)`` (the
+  backend's first run is reported on its own, and gives its peak memory; then the median of
+  ``--repeats`` more runs, or just the first if it took more than 30 s), and the same with
+  ``noise_std=0`` (no symmetry-breaking noise: what noise generation costs). Only the first
+  backend's first run is cold in the whole sense; the later backends' first runs find
+  lemon's planning code and the allocator warm;
+* ``clone``: ``v.clone()`` of every output tensor (fresh allocation + copy of the output size),
+  once per case, on the first backend's output;
 * ``copy_``: ``dst.copy_(v)`` of every output tensor into preallocated, already touched tensors
-  (pure memory bandwidth);
-* the peak resident set size of the first expansion (``VmHWM``, reset just before it) against
-  the byte floor: source model bytes + output model bytes.
+  (pure memory bandwidth), once per case;
+* per backend, the peak resident set size of its first expansion (``VmHWM``, reset just before
+  it, after ``malloc_trim``) against the byte floor: source model bytes + output model bytes.
 
-It prints a table, writes every raw number plus machine info to ``<out>/bench_expand.json``
-and, where matplotlib is installed, draws ``<out>/bench_expand.png``. ``--profile`` also runs cProfile on the first case and
-records the functions of ``lemon/`` with the largest cumulative time.
+Unless ``--no-verify``, the fp32 outputs are checked with ``lemon.verify`` and every backend's
+output bits are hashed (sha256): the backends must write the same bits (not timed).
+
+It prints a table (one row per case and backend), writes every raw number plus machine info to
+``<out>/bench_expand.json`` (per case: the shared numbers at the top level, each backend's under
+``["backends"][name]``) and, where matplotlib is installed, draws ``<out>/bench_expand.png``.
+``--profile`` also runs cProfile on the first case with the first backend and records the
+functions of ``lemon/`` with the largest cumulative time. ``--contend N`` runs N busy processes
+beside every case (all its backends) and writes ``bench_expand_contended[_torch].{json,png}``.
 """
 from __future__ import annotations
 
@@ -232,99 +244,129 @@ def _repeat(fn, repeats: int, label: str) -> list[float]:
     return times
 
 
-def run_case(case: dict, repeats: int, verify: bool) -> dict:
+def _digest(tensors) -> str:
+    """sha256 of the tensors' bytes, in order: every backend must write the same bits."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.detach().contiguous().reshape(-1).view(torch.uint8).numpy().data)
+    return h.hexdigest()[:16]
+
+
+def run_case(case: dict, repeats: int, verify: bool, backends: list[str]) -> dict:
+    """Every backend of ``backends`` on the same source, one after the other, in this process."""
     import torch
     import transformers as T
 
     import lemon
+    import lemon.native
     import lemon.reference  # noqa: F401  (imported here so the RSS baseline includes every module)
+    from lemon.backends import BACKENDS
 
     _ = T.GPT2LMHeadModel, T.LlamaForCausalLM, T.BertForMaskedLM  # transformers imports these lazily
+    for name in backends:
+        BACKENDS[name].load()
+    lemon.native.built()  # loads the C++ extension, where there is one: the RSS baseline includes it
     result = {"case": case, "torch_threads": torch.get_num_threads(), "loadavg_start": os.getloadavg(),
-              "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}}
+              "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
+              "backend_order": list(backends), "backends": {}}
     gc.collect()
     rss_start = rss_bytes()
+    result["rss_start_bytes"] = rss_start
     t_build, small = _timed(lambda: build_source(case), "build source")
     result["source_build_s"] = t_build
     result["source_params"] = nparams(small)
     result["source_bytes"] = nbytes(small)
 
-    def expand(noise_std=None):
-        return lemon.expand(small, backend="reference", progress=False, noise_std=noise_std,
-                            **case["target"])
+    for backend in backends:
+        this = result["backends"][backend] = {"loadavg_start": os.getloadavg()}
 
-    # first run: peak memory, in a process that has done nothing but build the source
-    gc.collect()
-    rss_before = rss_bytes()
-    result["peak_reset"] = reset_peak_rss()
-    t_first, big = _timed(expand, "expand (first)")
-    result["rss_start_bytes"] = rss_start
-    result["rss_before_expand_bytes"] = rss_before
-    result["peak_rss_bytes"] = peak_rss_bytes()
-    result["rss_after_expand_bytes"] = rss_bytes()
-    result["rss_after_malloc_trim_bytes"] = _malloc_trim() and rss_bytes()  # freed, kept by malloc
-    result["target_params"] = nparams(big)
-    result["output_bytes"] = nbytes(big)
-    result["target_config"] = {k: getattr(big.config, k, None) for k in (
-        "hidden_size", "n_embd", "intermediate_size", "n_inner", "num_attention_heads", "n_head",
-        "num_key_value_heads", "num_hidden_layers", "n_layer") if getattr(big.config, k, None) is not None}
-    if verify and case["dtype"] == "float32":
-        result["verify_output_relative"] = lemon.verify(small, big).output_relative
+        def expand(noise_std=None, backend=backend):
+            return lemon.expand(small, backend=backend, progress=False, noise_std=noise_std,
+                                **case["target"])
 
-    # the ceilings, on the output tensors of the first run
-    outputs = [t.detach() for t in unique_tensors(big)]
-    clone_times = []
-    for _ in range(repeats + 1):  # the first is a warm-up, like the expansion's first run
+        # first run: peak memory. For the first backend the process has done nothing but build
+        # the source; for the later ones, freed heap is given back to the kernel first
         gc.collect()
-        t, clones = _timed(lambda: [v.clone() for v in outputs], "clone")
-        clone_times.append(t)
-        del clones
-    result["clone_first_s"], clone_times = clone_times[0], clone_times[1:]
-    dst = [torch.empty_like(v) for v in outputs]
-    for d, v in zip(dst, outputs):  # touch every page first: copy_ below is bandwidth only
-        d.copy_(v)
+        this["malloc_trim_before"] = _malloc_trim()
+        rss_before = rss_bytes()
+        this["peak_reset"] = reset_peak_rss()
+        t_first, big = _timed(expand, f"{backend}: expand (first)")
+        this["rss_before_expand_bytes"] = rss_before
+        this["peak_rss_bytes"] = peak_rss_bytes()
+        this["rss_after_expand_bytes"] = rss_bytes()
+        this["rss_after_malloc_trim_bytes"] = _malloc_trim() and rss_bytes()  # freed, kept by malloc
+        this["target_params"] = nparams(big)
+        this["output_bytes"] = nbytes(big)
+        if "output_bytes" not in result:  # the same for every backend
+            result["target_params"] = this["target_params"]
+            result["output_bytes"] = this["output_bytes"]
+            result["target_config"] = {k: getattr(big.config, k, None) for k in (
+                "hidden_size", "n_embd", "intermediate_size", "n_inner", "num_attention_heads", "n_head",
+                "num_key_value_heads", "num_hidden_layers", "n_layer") if getattr(big.config, k, None) is not None}
+        if verify:
+            this["output_sha256"] = _digest(unique_tensors(big))  # not timed
+            if case["dtype"] == "float32":
+                this["verify_output_relative"] = lemon.verify(small, big).output_relative
 
-    def copy_all():
-        for d, v in zip(dst, outputs):
-            d.copy_(v)
-    copy_times = [_timed(copy_all, "copy_")[0] for _ in range(repeats)]
-    del dst, outputs, big
-    gc.collect()
+        if "clone_s" not in result:
+            # the ceilings, once per case, on the output tensors of the first backend's first run
+            outputs = [t.detach() for t in unique_tensors(big)]
+            clone_times = []
+            for _ in range(repeats + 1):  # the first is a warm-up, like the expansion's first run
+                gc.collect()
+                t, clones = _timed(lambda: [v.clone() for v in outputs], "clone")
+                clone_times.append(t)
+                del clones
+            result["clone_first_s"], result["clone_s"] = clone_times[0], clone_times[1:]
+            dst = [torch.empty_like(v) for v in outputs]
+            for d, v in zip(dst, outputs):  # touch every page first: copy_ below is bandwidth only
+                d.copy_(v)
 
-    def fresh(noise_std=None):
-        def fn():
-            expand(noise_std)  # the result is dropped: every run allocates its output anew
-        return fn
-    # the first run (above: peak memory, cold caches and allocator) is reported on its own;
-    # when it took <= 30 s, the expansion is timed `repeats` more times, else it is the timing
-    result["expand_first_s"] = t_first
-    result["expand_s"] = (_repeat(fresh(), repeats, "expand") if t_first <= REPEAT_LIMIT_S
-                          else [t_first])
-    result["expand_noise0_s"] = _repeat(fresh(0.0), 1, "expand noise_std=0")
-    if result["expand_noise0_s"][0] <= REPEAT_LIMIT_S:
-        result["expand_noise0_s"] += _repeat(fresh(0.0), repeats - 1, "expand noise_std=0")
-    result["clone_s"] = clone_times
-    result["copy_s"] = copy_times
+            def copy_all():
+                for d, v in zip(dst, outputs):
+                    d.copy_(v)
+            result["copy_s"] = [_timed(copy_all, "copy_")[0] for _ in range(repeats)]
+            del dst, outputs
+        del big
+        gc.collect()
+
+        def fresh(noise_std=None):
+            def fn():
+                expand(noise_std)  # the result is dropped: every run allocates its output anew
+            return fn
+        # the first run (above: peak memory, cold caches and allocator) is reported on its own;
+        # when it took <= 30 s, the expansion is timed `repeats` more times, else it is the timing
+        this["expand_first_s"] = t_first
+        this["expand_s"] = (_repeat(fresh(), repeats, f"{backend}: expand") if t_first <= REPEAT_LIMIT_S
+                            else [t_first])
+        this["expand_noise0_s"] = _repeat(fresh(0.0), 1, f"{backend}: expand noise_std=0")
+        if this["expand_noise0_s"][0] <= REPEAT_LIMIT_S:
+            this["expand_noise0_s"] += _repeat(fresh(0.0), repeats - 1, f"{backend}: expand noise_std=0")
+        this["loadavg_end"] = os.getloadavg()
     result["loadavg_end"] = os.getloadavg()
-    result["worker_peak_rss_bytes"] = peak_rss_bytes()  # since the reset: ceilings and reruns too
+    result["worker_peak_rss_bytes"] = peak_rss_bytes()  # since the last reset: that backend's reruns too
     result["rusage"] = RUSAGE
     return result
 
 
-def profile_case(case: dict, top: int = 5) -> dict:
-    """cProfile one expansion; the lemon/ functions with the largest cumulative time."""
+def profile_case(case: dict, backend: str, top: int = 5) -> dict:
+    """cProfile one expansion with ``backend``; the lemon/ functions with the largest cumulative time."""
     import cProfile
     import pstats
 
     import lemon
 
     small = build_source(case)
-    lemon.expand(small, backend="reference", progress=False, **case["target"])  # warm up: as timed
+    lemon.expand(small, backend=backend, progress=False, **case["target"])  # warm up: as timed
     gc.collect()
     profiler = cProfile.Profile()
     profiler.enable()
     start = time.perf_counter()
-    lemon.expand(small, backend="reference", progress=False, **case["target"])
+    lemon.expand(small, backend=backend, progress=False, **case["target"])
     wall = time.perf_counter() - start
     profiler.disable()
     stats = pstats.Stats(profiler).stats  # (file, line, func) -> (cc, nc, tt, ct, callers)
@@ -337,7 +379,7 @@ def profile_case(case: dict, top: int = 5) -> dict:
     rows.sort(key=lambda r: -r["cumtime_s"])
     # what the executor's time goes to, below the top-level entry points
     tottime = sorted(rows, key=lambda r: -r["tottime_s"])
-    return {"case": case["name"], "dtype": case["dtype"], "wall_s": wall,
+    return {"case": case["name"], "dtype": case["dtype"], "backend": backend, "wall_s": wall,
             "top_cumulative": rows[:top + 3], "top_tottime": tottime[:top]}
 
 
@@ -352,11 +394,11 @@ CONTENDERS = {  # what runs beside the benchmark with --contend
 }
 
 
-def _in_subprocess(mode: str, case: dict, repeats: int, verify: bool, contenders: int = 0,
-                   contender: str = "python") -> dict:
+def _in_subprocess(mode: str, case: dict, repeats: int, verify: bool, backends: list[str],
+                   contenders: int = 0, contender: str = "python") -> dict:
     spinners = [subprocess.Popen([sys.executable, "-c", CONTENDERS[contender]]) for _ in range(contenders)]
     try:
-        result = _run_worker(mode, case, repeats, verify)
+        result = _run_worker(mode, case, repeats, verify, backends)
     finally:
         for spinner in spinners:
             spinner.kill()
@@ -365,11 +407,12 @@ def _in_subprocess(mode: str, case: dict, repeats: int, verify: bool, contenders
     return result
 
 
-def _run_worker(mode: str, case: dict, repeats: int, verify: bool) -> dict:
+def _run_worker(mode: str, case: dict, repeats: int, verify: bool, backends: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
         cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", mode,
-               "--case", json.dumps(case), "--repeats", str(repeats), "--result", str(out)]
+               "--case", json.dumps(case), "--repeats", str(repeats), "--result", str(out),
+               "--backends", ",".join(backends)]
         if verify:
             cmd.append("--verify")
         proc = subprocess.run(cmd, cwd=str(REPO))
@@ -378,9 +421,11 @@ def _run_worker(mode: str, case: dict, repeats: int, verify: bool) -> dict:
         return json.loads(out.read_text())
 
 
-def machine_info() -> dict:
+def machine_info(backends: list[str]) -> dict:
     import torch
     import transformers
+
+    import lemon.native
 
     cpu_model = None
     try:
@@ -397,7 +442,7 @@ def machine_info() -> dict:
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
                                 text=True).stdout.strip() or None
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "lemon"], cwd=REPO,
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "lemon", "csrc"], cwd=REPO,
                                     capture_output=True, text=True).stdout.strip())
     except OSError:
         commit, dirty = None, None
@@ -405,6 +450,9 @@ def machine_info() -> dict:
     digest = hashlib.sha256()
     for f in sorted((REPO / "lemon").rglob("*.py")):
         digest.update(f.relative_to(REPO).as_posix().encode() + b"\0" + f.read_bytes())
+    native_digest = hashlib.sha256()  # the C++ extension's sources
+    for f in sorted(p for p in (REPO / "csrc").rglob("*") if p.is_file()):
+        native_digest.update(f.relative_to(REPO).as_posix().encode() + b"\0" + f.read_bytes())
     return {
         "cpu_count": os.cpu_count(),
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
@@ -413,57 +461,87 @@ def machine_info() -> dict:
         "transformers": transformers.__version__, "python": platform.python_version(),
         "platform": platform.platform(), "machine": platform.machine(),
         "lemon_commit": commit, "lemon_dirty": dirty,
-        "lemon_sources_sha256": digest.hexdigest()[:16], "backend": "reference", "device": "cpu",
+        "lemon_sources_sha256": digest.hexdigest()[:16],
+        "native_sources_sha256": native_digest.hexdigest()[:16] if (REPO / "csrc").is_dir() else None,
+        "backend": list(backends), "device": "cpu",
+        "native_built": lemon.native.built(), "native_build_info": lemon.native.build_info(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
 
 
 def summarize(r: dict) -> dict:
-    expand = statistics.median(r["expand_s"])
-    noise0 = statistics.median(r["expand_noise0_s"])
+    """The case's shared numbers (ceilings, floor); sets ``r["backends"][name]["summary"]`` per backend."""
     clone = statistics.median(r["clone_s"])
     copy = statistics.median(r["copy_s"])
     moved = r["source_bytes"] + r["output_bytes"]
-    return {
-        "expand_s": expand, "expand_noise0_s": noise0, "clone_s": clone, "copy_s": copy,
-        "ratio_clone": expand / clone, "ratio_copy": expand / copy,
-        "noise_share": (expand - noise0) / expand,
-        "gb_per_s": moved / expand / GB,
-        "peak_rss_delta_bytes": r["peak_rss_bytes"] - r["rss_start_bytes"],
-        "expand_rss_delta_bytes": r["peak_rss_bytes"] - r["rss_before_expand_bytes"],
-        "floor_bytes": moved,
-    }
+    for this in r["backends"].values():
+        expand = statistics.median(this["expand_s"])
+        noise0 = statistics.median(this["expand_noise0_s"])
+        this["summary"] = {
+            "expand_s": expand, "expand_noise0_s": noise0,
+            "ratio_clone": expand / clone, "ratio_copy": expand / copy,
+            "noise_share": (expand - noise0) / expand,
+            "gb_per_s": moved / expand / GB,
+            "peak_rss_delta_bytes": this["peak_rss_bytes"] - r["rss_start_bytes"],
+            "expand_rss_delta_bytes": this["peak_rss_bytes"] - this["rss_before_expand_bytes"],
+        }
+    digests = {this.get("output_sha256") for this in r["backends"].values()} - {None}
+    return {"clone_s": clone, "copy_s": copy, "floor_bytes": moved,
+            "same_bits": len(digests) == 1 if digests else None}
 
 
 def _m(n: int) -> str:
     return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.0f}M" if n >= 1e6 else f"{n / 1e3:.0f}k"
 
 
+def _backends_of(results: list[dict]) -> list[str]:
+    """Every backend the results hold, in the order they ran."""
+    names = []
+    for r in results:
+        names += [b for b in r["backends"] if b not in names]
+    return names
+
+
 def table(results: list[dict]) -> str:
-    head = (f"{'case':<26} {'dtype':<8} {'params src->tgt':>15} {'out GB':>7} {'expand s':>9} "
+    head = (f"{'case':<26} {'dtype':<8} {'backend':<9} {'params src->tgt':>15} {'out GB':>7} {'expand s':>9} "
             f"{'1st s':>7} {'noise=0 s':>9} {'clone s':>8} {'x clone':>8} {'x copy_':>8} {'GB/s':>6} "
-            f"{'peak RSS GB':>11} {'floor GB':>8}")
+            f"{'peak RSS GB':>11} {'floor GB':>8} {'vs ref':>6}")
     lines = [head, "-" * len(head)]
     for r in results:
-        s = r["summary"]
-        n = len(r["expand_s"])
-        lines.append(
-            f"{r['case']['name']:<26} {r['case']['dtype']:<8} "
-            f"{_m(r['source_params']) + '->' + _m(r['target_params']):>15} "
-            f"{r['output_bytes'] / GB:>7.3f} {s['expand_s']:>7.2f}{'' if n > 1 else '¹':<2} "
-            f"{r['expand_first_s']:>7.2f} "
-            f"{s['expand_noise0_s']:>9.2f} {s['clone_s']:>8.3f} {s['ratio_clone']:>8.1f} "
-            f"{s['ratio_copy']:>8.1f} {s['gb_per_s']:>6.3f} "
-            f"{s['peak_rss_delta_bytes'] / GB:>11.2f} {s['floor_bytes'] / GB:>8.2f}")
-    lines.append("¹ one run (the first took > 30 s); otherwise the median of 3 after a first, cold run. "
-                 "GB/s = (source + output bytes) / expand time; "
-                 "peak RSS = peak of the first expansion minus the worker's RSS before building the "
-                 "source; floor = source + output bytes.")
-    checked = [r for r in results if "verify_output_relative" in r]
+        shared = r["summary"]
+        ref = r["backends"].get("reference")
+        for backend, this in r["backends"].items():
+            s = this["summary"]
+            once = this["expand_first_s"] > REPEAT_LIMIT_S  # the first run was the only one
+            speedup = f"{ref['summary']['expand_s'] / s['expand_s']:>5.1f}x" if ref else f"{'':>6}"
+            lines.append(
+                f"{r['case']['name']:<26} {r['case']['dtype']:<8} {backend:<9} "
+                f"{_m(r['source_params']) + '->' + _m(r['target_params']):>15} "
+                f"{r['output_bytes'] / GB:>7.3f} {s['expand_s']:>7.2f}{'¹' if once else '':<2} "
+                f"{this['expand_first_s']:>7.2f} "
+                f"{s['expand_noise0_s']:>9.2f} {shared['clone_s']:>8.3f} {s['ratio_clone']:>8.1f} "
+                f"{s['ratio_copy']:>8.1f} {s['gb_per_s']:>6.3f} "
+                f"{s['peak_rss_delta_bytes'] / GB:>11.2f} {shared['floor_bytes'] / GB:>8.2f} {speedup}")
+    lines.append("¹ one run (the first took > 30 s); otherwise the median of the repeats after a first, cold "
+                 "run. The backends run one after the other in one process per case: clone s and the floor "
+                 "are the case's. GB/s = (source + output bytes) / expand time; "
+                 "peak RSS = peak of the backend's first expansion minus the worker's RSS before building "
+                 "the source; floor = source + output bytes; vs ref = reference expand s / this expand s.")
+    checked = [(r, b, this) for r in results for b, this in r["backends"].items() if "verify_output_relative" in this]
     if checked:
         lines.append("lemon.verify of the fp32 outputs, max relative output difference: " + ", ".join(
-            f"{r['case']['name']} {r['verify_output_relative']:.1e}" for r in checked))
+            f"{r['case']['name']} {b} {this['verify_output_relative']:.1e}" for r, b, this in checked))
+    differ = [r for r in results if r["summary"].get("same_bits") is False]
+    if differ:
+        lines.append("OUTPUTS DIFFER between backends (sha256 of the output bytes): " + ", ".join(
+            f"{r['case']['name']} ({r['case']['dtype']})" for r in differ))
+    elif any(r["summary"].get("same_bits") for r in results) and len(_backends_of(results)) > 1:
+        lines.append("every backend wrote the same bits (sha256 of the output tensors) in every case")
     return "\n".join(lines)
+
+
+BACKEND_COLORS = {"reference": ("#d62728", "#ff9896"), "cpp": ("#9467bd", "#c5b0d5"),
+                  "triton": ("#8c564b", "#c49c94"), "cuda": ("#e377c2", "#f7b6d2")}
 
 
 def plot(results: list[dict], path: Path, title: str) -> bool:
@@ -476,75 +554,140 @@ def plot(results: list[dict], path: Path, title: str) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    series = [("expand_s", "lemon.expand (reference)", "#d62728"),
-              ("expand_noise0_s", "lemon.expand, noise_std=0", "#ff9896"),
-              ("clone_s", "clone() of the output", "#1f77b4"),
-              ("copy_s", "copy_() into preallocated", "#2ca02c")]
+    # per case: per backend, expand with noise and with noise_std=0; then the two ceilings
+    series = []  # (legend label, color, backend (None: the case's ceilings), summary key)
+    for backend in _backends_of(results):
+        strong, light = BACKEND_COLORS.get(backend, ("#7f7f7f", "#c7c7c7"))
+        series.append((f"lemon.expand ({backend})", strong, backend, "expand_s"))
+        series.append((f"lemon.expand ({backend}), noise_std=0", light, backend, "expand_noise0_s"))
+    series.append(("clone() of the output", "#1f77b4", None, "clone_s"))
+    series.append(("copy_() into preallocated", "#2ca02c", None, "copy_s"))
+
+    def value(r, backend, key):
+        if backend is None:
+            return r["summary"][key]
+        this = r["backends"].get(backend)
+        return None if this is None else this["summary"][key]
+
     def size(n):
         return f"{n / GB:.2f} GB" if n >= 0.1 * GB else f"{n / 1e6:.1f} MB"
     labels = [f"{r['case']['name']}\n{r['case']['dtype']}, {size(r['output_bytes'])} out" for r in results]
-    fig, ax = plt.subplots(figsize=(max(7.0, 2.6 * len(results)), 5.2))
-    width = 0.8 / len(series)
-    for k, (key, label, color) in enumerate(series):
-        xs = [i + (k - (len(series) - 1) / 2) * width for i in range(len(results))]
-        ys = [r["summary"][key] for r in results]
+    width = 0.84 / max(len(series), 1)
+    fig, ax = plt.subplots(figsize=(max(7.0, (1.2 + 0.45 * len(series)) * len(results)), 5.4))
+
+    def x_of(i, k):
+        return i + (k - (len(series) - 1) / 2) * width
+    values = []
+    for k, (label, color, backend, key) in enumerate(series):
+        xs, ys = [], []
+        for i, r in enumerate(results):
+            y = value(r, backend, key)
+            if y is not None:
+                xs.append(x_of(i, k))
+                ys.append(y)
+        values += ys
         bars = ax.bar(xs, ys, width, label=label, color=color)
         for bar, y in zip(bars, ys):
             ax.annotate(f"{y:.3g}", (bar.get_x() + bar.get_width() / 2, y), ha="center", va="bottom",
-                        fontsize=7, xytext=(0, 1), textcoords="offset points")
-    k = 0  # the expansion's bars: mark its first (cold) run
-    xs = [i + (k - (len(series) - 1) / 2) * width for i in range(len(results))]
-    ax.scatter(xs, [r["expand_first_s"] for r in results], marker="_", s=400, color="black",
-               linewidths=2, zorder=3, label="lemon.expand, first (cold) run")
-    for i, r in enumerate(results):
-        ax.annotate(f"{r['summary']['ratio_clone']:.0f}x clone", (i, r["summary"]["expand_s"]),
-                    ha="center", va="bottom", fontsize=8, fontweight="bold", xytext=(0, 12),
-                    textcoords="offset points")
+                        fontsize=6, xytext=(0, 1), textcoords="offset points")
+        if key == "expand_s":  # the backend's first (cold) run, and its ratio to clone
+            firsts = [(x_of(i, k), r["backends"][backend]) for i, r in enumerate(results)
+                      if backend in r["backends"]]
+            values += [this["expand_first_s"] for _, this in firsts]
+            ax.scatter([x for x, _ in firsts], [this["expand_first_s"] for _, this in firsts], marker="_",
+                       s=max(60, 400 * width), color="black", linewidths=2, zorder=3,
+                       label="lemon.expand, first (cold) run" if k == 0 else None)
+            for x, this in firsts:
+                top = max(this["summary"]["expand_s"], this["expand_first_s"])
+                ax.annotate(f"{this['summary']['ratio_clone']:.0f}x\nclone", (x, top), ha="center",
+                            va="bottom", fontsize=7, fontweight="bold", xytext=(0, 9),
+                            textcoords="offset points")
     ax.set_yscale("log")
     ax.set_ylabel("seconds (log scale)")
     ax.set_xticks(range(len(results)))
     ax.set_xticklabels(labels, fontsize=8)
     ax.set_title(title, fontsize=10)
     ax.grid(axis="y", which="both", alpha=0.25)
-    hi_first = max(r["expand_first_s"] for r in results)
-    ax.legend(fontsize=8, loc="upper left")
-    lo = min(r["summary"][k] for r in results for k, _, _ in series)
-    hi = max(r["summary"][k] for r in results for k, _, _ in series)
-    ax.set_ylim(lo / 2, max(hi, hi_first) * 6)
+    ax.legend(fontsize=7, loc="upper left", ncol=2)
+    if values:
+        ax.set_ylim(min(values) / 2, max(values) * 12)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return True
 
 
+def default_backends() -> list[str]:
+    """reference, and cpp where lemon's C++ extension is built."""
+    import lemon.native
+    return ["reference", "cpp"] if lemon.native.built() else ["reference"]
+
+
+def parse_backends(text: str | None) -> list[str]:
+    """The names of ``--backends``, checked: each must run on CPU tensors here."""
+    import torch
+
+    import lemon.native
+    from lemon.backends import BACKENDS
+
+    if text is None:
+        return default_backends()
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise ValueError("--backends: no backend named")
+    for name in names:
+        if name not in BACKENDS:
+            raise ValueError(f"--backends: unknown backend {name!r}; choose among {sorted(BACKENDS)}")
+        if name in ("cpp", "cuda") and not lemon.native.built():
+            raise ValueError(f"--backends: {name!r} needs lemon's C++ extension: {lemon.native.extension()}")
+        if not BACKENDS[name].runs_on(torch.device("cpu")):  # lemon.expand would fall back to reference
+            raise ValueError(f"--backends: {name!r} does not run on CPU tensors here "
+                             f"(it needs {BACKENDS[name].where})")
+    if len(set(names)) != len(names):
+        raise ValueError("--backends: a backend is named twice")
+    return names
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny shapes: a smoke test in seconds")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    parser.add_argument("--backends", default=None, metavar="NAMES",
+                        help="comma-separated backends, timed one after the other in each case's worker "
+                             "(default: reference,cpp where lemon's C++ extension is built, else reference)")
     parser.add_argument("--profile", action="store_true",
-                        help="also cProfile the first case and record lemon's top functions")
+                        help="also cProfile the first case with the first backend and record lemon's top "
+                             "functions")
     parser.add_argument("--cases", default=None, help="comma-separated case indices to run (default all)")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timed runs after the first, cold one (per backend; also for the ceilings)")
     parser.add_argument("--contend", type=int, default=0, metavar="N",
-                        help="run N busy processes (one core each) beside every case: how the executor "
-                             "copes with a machine it does not have to itself; results go to "
+                        help="run N busy processes (one core each) beside every case: how the executors "
+                             "cope with a machine they do not have to themselves; results go to "
                              "bench_expand_contended[_torch].{json,png}")
     parser.add_argument("--contender", choices=sorted(CONTENDERS), default="python",
                         help="what the busy processes run: a Python loop (python) or small PyTorch "
                              "operations on OpenMP teams (torch)")
     parser.add_argument("--no-verify", action="store_true",
-                        help="skip lemon.verify of the fp32 outputs (a sanity check, not timed)")
+                        help="skip lemon.verify of the fp32 outputs and the comparison of the backends' "
+                             "output bits (sanity checks, not timed)")
     # internal: one case in this (fresh) process
     parser.add_argument("--worker", choices=["run", "profile"], help=argparse.SUPPRESS)
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     parser.add_argument("--verify", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
+    try:
+        backends = parse_backends(args.backends)
+    except ValueError as error:
+        parser.error(str(error))
 
     if args.worker:
         case = json.loads(args.case)
-        result = (run_case(case, args.repeats, args.verify) if args.worker == "run"
-                  else profile_case(case))
+        result = (run_case(case, args.repeats, args.verify, backends) if args.worker == "run"
+                  else profile_case(case, backends[0]))
         Path(args.result).write_text(json.dumps(result))
         return 0
 
@@ -553,8 +696,8 @@ def main(argv=None) -> int:
         cases = [cases[int(i)] for i in args.cases.split(",")]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    info = machine_info()
-    print(f"lemon expansion benchmark ({'quick' if args.quick else 'full'}): reference executor, "
+    info = machine_info(backends)
+    print(f"lemon expansion benchmark ({'quick' if args.quick else 'full'}): backends {', '.join(backends)}, "
           f"{info['cpu_count']} CPUs, torch {info['torch']} ({info['torch_threads']} threads), "
           f"{info['platform']}" + (f", {args.contend} busy {args.contender} process(es) beside it"
                                    if args.contend else ""), flush=True)
@@ -563,22 +706,23 @@ def main(argv=None) -> int:
     for case in cases:
         t0 = time.perf_counter()
         print(f"  {case['name']} ({case['dtype']}) ...", end=" ", flush=True)
-        r = _in_subprocess("run", case, args.repeats, not args.no_verify, args.contend, args.contender)
+        r = _in_subprocess("run", case, args.repeats, not args.no_verify, backends, args.contend,
+                           args.contender)
         r["summary"] = summarize(r)
         results.append(r)
-        print(f"expand {r['summary']['expand_s']:.2f}s, case total {time.perf_counter() - t0:.0f}s",
-              flush=True)
+        print(", ".join(f"{b} {this['summary']['expand_s']:.2f}s" for b, this in r["backends"].items())
+              + f"; case total {time.perf_counter() - t0:.0f}s", flush=True)
     profile = None
     if args.profile:
-        print(f"  cProfile of {cases[0]['name']} ({cases[0]['dtype']}) ...", flush=True)
-        profile = _in_subprocess("profile", cases[0], 1, False)
+        print(f"  cProfile of {cases[0]['name']} ({cases[0]['dtype']}), backend {backends[0]} ...", flush=True)
+        profile = _in_subprocess("profile", cases[0], 1, False, backends[:1])
     total = time.perf_counter() - started
 
     print()
     print(table(results))
     if profile:
-        print(f"\ncProfile, {profile['case']} ({profile['dtype']}), second run, {profile['wall_s']:.1f}s "
-              "under the profiler; lemon/ functions by cumulative time:")
+        print(f"\ncProfile, {profile['case']} ({profile['dtype']}), backend {profile['backend']}, second run, "
+              f"{profile['wall_s']:.1f}s under the profiler; lemon/ functions by cumulative time:")
         for row in profile["top_cumulative"]:
             print(f"  {row['cumtime_s']:8.2f}s cum {row['tottime_s']:7.2f}s own {row['calls']:6d} calls  "
                   f"{row['function']}")
@@ -588,17 +732,17 @@ def main(argv=None) -> int:
                   f"{row['function']}")
     print(f"\nbenchmark wall time {total:.0f}s")
 
-    record = {"mode": "quick" if args.quick else "full", "machine": info, "wall_s": total,
-              "repeat_limit_s": REPEAT_LIMIT_S, "contenders": args.contend,
-              "contender": args.contender if args.contend else None, "results": results,
-              "profile": profile}
+    record = {"mode": "quick" if args.quick else "full", "machine": info, "backends": backends,
+              "wall_s": total, "repeats": args.repeats, "repeat_limit_s": REPEAT_LIMIT_S,
+              "contenders": args.contend, "contender": args.contender if args.contend else None,
+              "results": results, "profile": profile}
     stem = "bench_expand" + ("_contended" if args.contend else "") + (
         "_torch" if args.contend and args.contender == "torch" else "")
     (out / f"{stem}.json").write_text(json.dumps(record, indent=1))
     written = [out / f"{stem}.json"]
     beside = f", {args.contend} busy {args.contender} process(es) beside it" if args.contend else ""
     if plot(results, out / f"{stem}.png",
-            f"lemon.expand (reference executor) vs clone/copy_ of the output — "
+            f"lemon.expand (backends: {', '.join(backends)}) vs clone/copy_ of the output — "
             f"{info['cpu_count']}-core CPU{beside}, torch {info['torch']}"):
         written.append(out / f"{stem}.png")
     print("wrote " + " and ".join(str(path) for path in written))

@@ -3,7 +3,8 @@
 Every executor has the contract of :func:`lemon.reference.execute` (plan, source, out=None)
 and produces the same bits. ``auto`` picks the fastest that runs on the tensors' device; a
 named backend that cannot run there falls back to the reference executor with one warning
-that points at the caller's line.
+that points at the caller's line. The compiled backends (``cpp``, ``cuda``) are part of this
+install or not: asking for one that was not built is an error that says how to build it.
 """
 from __future__ import annotations
 
@@ -35,6 +36,32 @@ def _triton_runs_on(device: torch.device) -> bool:
     return device.type == "cpu" and triton_interpreter()
 
 
+def _cpp_runs_on(device: torch.device) -> bool:
+    from . import native
+    return device.type == "cpu" and native.built()
+
+
+def _cuda_runs_on(device: torch.device) -> bool:
+    from . import native
+    return device.type == "cuda" and torch.cuda.is_available() and native.has_cuda_executor()
+
+
+def _load_cpp() -> Executor:
+    from .native import execute_cpu
+    return execute_cpu
+
+
+def _load_cuda() -> Executor:
+    from .native import execute_cuda
+    return execute_cuda
+
+
+def _check_built(name: str) -> None:
+    """A compiled backend this install lacks: an error that says how to build it."""
+    from . import native
+    native.require(name)
+
+
 def _load_reference() -> Executor:
     from .reference import execute
     return execute
@@ -57,9 +84,12 @@ BACKENDS = {
     "reference": Backend("reference", lambda device: True, _load_reference, "anywhere"),
     "triton": Backend("triton", _triton_runs_on, _load_triton,
                       "Triton with CUDA tensors, or CPU tensors under TRITON_INTERPRET=1"),
+    "cpp": Backend("cpp", _cpp_runs_on, _load_cpp, "CPU tensors"),
+    "cuda": Backend("cuda", _cuda_runs_on, _load_cuda, "CUDA tensors"),
 }
-NAMES = ("reference", "triton", "cpp", "cuda")  # every name the API accepts; cpp and cuda are to come
-AUTO = {"cuda": ("triton", "reference"), "cpu": ("reference",)}  # fastest first; the interpreter is slow
+NAMES = tuple(BACKENDS)  # every name the API accepts, besides "auto"
+COMPILED = ("cpp", "cuda")  # part of lemon's C++ extension: built with lemon, or not
+AUTO = {"cuda": ("triton", "cuda", "reference"), "cpu": ("cpp", "reference")}  # fastest first
 
 
 def available_backends() -> list[str]:
@@ -77,9 +107,11 @@ def executor(backend: str = "auto", device: torch.device | None = None) -> Execu
         for name in AUTO.get(device.type, ("reference",)):
             if BACKENDS[name].runs_on(device):
                 return BACKENDS[name].load()
-    chosen = BACKENDS.get(backend)
-    if chosen is None or not chosen.runs_on(device):
-        need = chosen.where if chosen else "a later version of lemon"
+    if backend in COMPILED:
+        _check_built(backend)
+    chosen = BACKENDS[backend]
+    if not chosen.runs_on(device):
+        need = chosen.where
         warnings.warn(f"lemon: backend {backend!r} is not available here for {device.type} tensors "
                       f"(it needs {need}; available: {available_backends()}); using the reference executor",
                       stacklevel=stacklevel_outside_lemon())

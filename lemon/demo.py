@@ -38,11 +38,13 @@ def run_demo(seed: int = 0) -> int:
 
     from transformers.utils import logging as hf_logging
 
+    from .cli import info
     from .model import expand
     from .verification import verify
 
     hf_logging.set_verbosity_error()
     logging.getLogger("transformers").setLevel(logging.ERROR)
+    print(info())
     print("lemon demo: expanding random models (small ones of each family, then a GPT-2-small shape), "
           "checking outputs on random inputs")
     print(f"{'family':<7} {'source -> target (hidden/ffn/heads/kv/layers)':<46} {'params':>17} "

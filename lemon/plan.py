@@ -112,18 +112,18 @@ def mean_along(x: torch.Tensor, dim: int) -> torch.Tensor:
     """The fp64 mean of a 2-D ``x`` along ``dim``, summed by a fixed pairwise tree of elementwise
     additions (line i plus line i + half, a last odd line carried up): elementwise IEEE
     additions in a fixed order give the same bits on every device and thread count, where a
-    library reduction's order depends on both. Works in blocks of ~2^20 elements."""
-    x = x.movedim(dim, 0)
-    n, width = x.shape
+    library reduction's order depends on both. Works in blocks of ~2^20 elements, cut across
+    the other axis (whole rows of a row-major ``x`` when ``dim`` is 1: no strided copies)."""
+    n, width = x.shape[dim], x.shape[1 - dim]
     out = torch.empty(width, dtype=torch.float64, device=x.device)
-    step = max(1, (1 << 20) // n)
+    step = max(1, (1 << 20) // max(n, 1))
     for start in range(0, width, step):
-        part = x[:, start:start + step].to(torch.float64)
-        while part.shape[0] > 1:
-            half = part.shape[0] // 2
-            pairs = part[:half] + part[half:2 * half]
-            part = torch.cat([pairs, part[2 * half:]]) if part.shape[0] % 2 else pairs
-        out[start:start + step] = part[0] / n
+        part = x.narrow(1 - dim, start, min(step, width - start)).to(torch.float64)
+        while part.shape[dim] > 1:
+            half = part.shape[dim] // 2
+            pairs = part.narrow(dim, 0, half) + part.narrow(dim, half, half)
+            part = torch.cat([pairs, part.narrow(dim, 2 * half, 1)], dim) if part.shape[dim] % 2 else pairs
+        out[start:start + part.numel()] = part.flatten() / n
     return out
 
 

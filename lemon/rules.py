@@ -296,14 +296,26 @@ def check_config_accepts(config, source: Sizes, target: Sizes) -> None:
                          f"reloaded: {fix}") from err
 
 
+def empty_model(cls, config) -> torch.nn.Module:
+    """A ``cls`` built from ``config`` on the meta device, its init functions skipped: names and
+    shapes only, no memory (a random init of the large model would cost more than the expansion,
+    and even on meta tensors the init ops run through Python decompositions)."""
+    from transformers.initialization import no_init_weights
+
+    with torch.device("meta"):
+        with no_init_weights():
+            model = cls(config)
+        model.init_weights()  # what no_init_weights skipped; on the meta device it only ties weights
+    return model
+
+
 def check_target_parameters(model: torch.nn.Module, config, tensors: dict[str, TensorPlan],
                             tied: dict[str, str]) -> None:
     """lemon rebuilds the model from its config: the plan must make exactly the parameters, with
     the shapes, that the class creates from the target config. A parameter the user attached
     by hand (or one whose name only ends like a known one) has no place in the rebuilt model."""
     cls = type(model).__name__
-    with torch.device("meta"):  # no memory, no init: only names and shapes
-        expected = {n: tuple(p.shape) for n, p in type(model)(config).named_parameters(remove_duplicate=False)}
+    expected = {n: tuple(p.shape) for n, p in empty_model(type(model), config).named_parameters(remove_duplicate=False)}
     planned = {**{n: plan.shape for n, plan in tensors.items()},
                **{alias: tensors[owner].shape for alias, owner in tied.items() if owner in tensors}}
     extra = sorted(set(planned) - set(expected))

@@ -114,6 +114,15 @@ def test_demo_runs_and_reports_lossless(capsys):
     for family in ("bert", "vit", "gpt2", "llama"):
         assert f"\n{family} " in out
     assert "lossless" in out
+    assert "backends available here: reference, " in out and "C++ extension: built" in out
+
+
+def test_info_says_what_runs_here(capsys):
+    from lemon.cli import main
+
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "cpp" in out and "CPU loops for" in out and "CUDA executor" in out
 
 
 def test_numpy_integers_are_accepted_as_sizes_and_positions():

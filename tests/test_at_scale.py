@@ -36,6 +36,18 @@ def test_gpt2_small_shape_expansion_is_lossless(gpt2_small, sizes):
     assert report.output_relative <= BOUND, report
 
 
+def test_gpt2_small_shape_every_cpu_backend_writes_the_same_bits(gpt2_small):
+    """The default CPU backend (the C++ executor) against the reference, whole model, x2 width and
+    24 layers: every one of the ~680M elements equal."""
+    from lemon.backends import AUTO
+
+    sizes = dict(hidden_size=1536, intermediate_size=6144, num_hidden_layers=24)
+    assert AUTO["cpu"][0] == "cpp"
+    fast = lemon.expand(gpt2_small, backend="cpp", progress=False, **sizes).state_dict()
+    for name, tensor in lemon.expand(gpt2_small, backend="reference", progress=False, **sizes).state_dict().items():
+        assert torch.equal(fast[name], tensor), name
+
+
 def test_gpt2_small_shape_replicas_still_learn_differently(gpt2_small):
     """Identical fan-in rows, different fan-out columns: replica neurons get different gradients."""
     big = lemon.expand(gpt2_small, progress=False, hidden_size=1536, intermediate_size=6144)

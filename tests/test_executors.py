@@ -1,8 +1,13 @@
-"""The Triton executor (lemon_kernels) gives the reference executor's bits, on every plan.
+"""Every fused executor gives the reference executor's bits, on every plan.
 
-Without a GPU these run the real kernels through Triton's interpreter (TRITON_INTERPRET=1,
-set in conftest.py), on CPU tensors; on a GPU machine the same tests run on CUDA tensors.
-Every output is NaN-poisoned before the launch, so an element the kernel does not write fails.
+The executors (the ``fused`` fixture):
+* ``triton``: lemon_kernels; without a GPU the real kernels run through Triton's interpreter
+  (TRITON_INTERPRET=1, set in conftest.py) on CPU tensors, on a GPU machine on CUDA tensors;
+* ``cpp``: the C++ CPU executor (torch.ops.lemon.expand_segment on CPU tensors);
+* ``cuda_emulated``: the CUDA kernel's per-thread code run on the CPU
+  (torch.ops.lemon.emulate_cuda_segment), which checks the CUDA algorithm's bits everywhere;
+* ``cuda``: the CUDA executor itself, only where a GPU and a CUDA build of the extension are.
+Every output is NaN-poisoned before the run, so an element the executor does not write fails.
 """
 from __future__ import annotations
 
@@ -20,22 +25,50 @@ from lemon.plan import MEAN, ONE, ZERO, Axis, TensorPlan
 from conftest import make_model
 from test_reference import random_plan
 
+from lemon import native, segments
 from lemon_kernels import executor  # noqa: E402  (Triton is a test dependency)
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
 
+EXECUTORS = {  # name -> (execute, device of its tensors, CPU loops of the C++ executor)
+    "triton": (executor.execute, DEVICE, None),
+    "cuda_emulated": (native.emulate_cuda, "cpu", None),
+}
+# the C++ executor once per instruction set this CPU runs: each variant must give the same bits
+for isa in native.build_info().get("cpu_isas", ["missing"]):  # "missing": execute_cpu raises, the tests fail
+    EXECUTORS[f"cpp-{isa}"] = (native.execute_cpu, "cpu", isa)
+if torch.cuda.is_available() and native.has_cuda_executor():
+    EXECUTORS["cuda"] = (native.execute_cuda, "cuda", None)
 
-def run_both(plan: TensorPlan, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(Triton's output, the reference's) for ``plan`` on ``source``; Triton's into a NaN-poisoned
-    block of the plan's window."""
-    out = torch.full(plan.output_shape, float("nan"), dtype=source.dtype, device=DEVICE)
-    got = executor.execute(plan, source.to(DEVICE), out=out)
+BACKEND_DEVICE = {"triton": DEVICE, "cpp": "cpu", "cuda": "cuda"}  # the fused backends, where they run here
+BACKENDS = [name for name in BACKEND_DEVICE if name == "cpp" or name in EXECUTORS]
+
+
+@pytest.fixture(params=list(EXECUTORS))
+def fused(request):
+    execute, device, isa = EXECUTORS[request.param]
+    if isa is None:
+        yield execute, device
+        return
+    previous = native.extension().set_cpu_isa(isa)
+    try:
+        yield execute, device
+    finally:
+        native.extension().set_cpu_isa(previous)
+
+
+def run_both(fused, plan: TensorPlan, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the executor's output, the reference's) for ``plan`` on ``source``; the executor's into a
+    NaN-poisoned block of the plan's window."""
+    execute, device = fused
+    out = torch.full(plan.output_shape, float("nan"), dtype=source.dtype, device=device)
+    got = execute(plan, source.to(device), out=out)
     assert got is out
     return got.cpu(), reference.execute(plan, source)
 
 
-def assert_same_bits(plan, source):
-    got, want = run_both(plan, source)
+def assert_same_bits(fused, plan, source):
+    got, want = run_both(fused, plan, source)
     assert not torch.isnan(got).any(), f"{plan.name}: {int(torch.isnan(got).sum())} elements not written"
     assert torch.equal(got, want), (f"{plan.name}: max |delta| "
                                     f"{(got.double() - want.double()).abs().max().item():g}")
@@ -45,12 +78,12 @@ def assert_same_bits(plan, source):
 
 @pytest.mark.parametrize("noise_axis", [None, 0, 1])
 @pytest.mark.parametrize("n_rows,n_cols", [(1, 1), (7, 33), (33, 7), (33, 33), (1000, 7), (3, 1030)])
-def test_random_plans_give_the_reference_bits_in_every_dtype(n_rows, n_cols, noise_axis):
+def test_random_plans_give_the_reference_bits_in_every_dtype(n_rows, n_cols, noise_axis, fused):
     for rep in range(2):
         seed = 7000 * n_rows + 13 * n_cols + rep + (0 if noise_axis is None else 50_000 * (noise_axis + 1))
         plan, source = random_plan(seed, n_rows, n_cols, noise_axis)
         for dtype in DTYPES:
-            assert_same_bits(plan, source.to(dtype))
+            assert_same_bits(fused, plan, source.to(dtype))
 
 
 # ---------------------------------------------------------------- plans shaped like the rules' plans
@@ -83,7 +116,7 @@ AXIS_SHAPES = {  # kind -> (source length, target length)
 @pytest.mark.parametrize("noise_axis", [0, 1, None])
 @pytest.mark.parametrize("noise_kind", ["zero", "circ", "heads", "gqa", "twins", "wide_circ"])
 @pytest.mark.parametrize("other_kind", ["avg", "heads", "keep"])
-def test_rule_shaped_plans_give_the_reference_bits(noise_kind, other_kind, noise_axis):
+def test_rule_shaped_plans_give_the_reference_bits(noise_kind, other_kind, noise_axis, fused):
     rng = random.Random(hash((noise_kind, other_kind, noise_axis)) % 2**32)
     kinds = (noise_kind, other_kind) if noise_axis in (0, None) else (other_kind, noise_kind)
     axes = []
@@ -97,10 +130,10 @@ def test_rule_shaped_plans_give_the_reference_bits(noise_kind, other_kind, noise
                       noise_key=tensor_key(3, name))
     source = torch.randn(src_shape, generator=torch.Generator().manual_seed(len(name)))
     for dtype in (torch.float32, torch.bfloat16):
-        assert_same_bits(plan, source.to(dtype))
+        assert_same_bits(fused, plan, source.to(dtype))
 
 
-def test_closed_and_table_noise_paths_are_both_exercised():
+def test_closed_and_table_noise_paths_are_both_exercised(fused):
     """Circular maps and GQA rearrangements keep each replica group inside one periodic segment
     (the next replica is implied); a map with no period does not (the next replica comes from
     a table), and both give the reference's bits."""
@@ -111,18 +144,18 @@ def test_closed_and_table_noise_paths_are_both_exercised():
     for index, n_source, closed in cases:
         axis = Axis(index, maps.split_scale(index))
         ext = axis.extended(n_source)
-        segs = executor.segments(ext, n_source)
-        assert all(executor._closed(s, axis.next_replica, 0, ext < n_source) == closed for s in segs)
+        segs = segments.segments(ext, n_source)
+        assert all(segments._closed(s, axis.next_replica, 0, ext < n_source) == closed for s in segs)
         plan = TensorPlan(name="t", source="t", source_shape=(7, n_source), shape=(7, len(axis)), split=1,
                           axes=(Axis(torch.arange(7)), axis), noise_axis=1, noise_std=0.1,
                           noise_key=tensor_key(0, "t"))
-        assert_same_bits(plan, torch.randn(7, n_source, generator=torch.Generator().manual_seed(1)))
+        assert_same_bits(fused, plan, torch.randn(7, n_source, generator=torch.Generator().manual_seed(1)))
 
 
 # ---------------------------------------------------------------- windows, specials, sizes
 
 @pytest.mark.parametrize("noise_axis", [0, 1])
-def test_windows_that_cut_replica_groups_give_the_slice_of_the_whole(noise_axis):
+def test_windows_that_cut_replica_groups_give_the_slice_of_the_whole(noise_axis, fused):
     rng = random.Random(noise_axis)
     noise = structured_axis(rng, "circ", 40, 100)
     other = structured_axis(rng, "avg", 24, 61)
@@ -132,25 +165,25 @@ def test_windows_that_cut_replica_groups_give_the_slice_of_the_whole(noise_axis)
     plan = TensorPlan(name="win", source="win", source_shape=src_shape, shape=shape, split=1, axes=axes,
                       noise_axis=noise_axis, noise_std=0.05, noise_key=tensor_key(1, "win"))
     source = torch.randn(src_shape, generator=torch.Generator().manual_seed(2))
-    whole, _ = run_both(plan, source)
+    whole, _ = run_both(fused, plan, source)
     for axis, (start, stop) in [(noise_axis, (17, 83)), (1 - noise_axis, (5, 50)), (noise_axis, (0, 1))]:
         block = plan.restrict(axis, start, stop)
-        assert_same_bits(block, source)
-        got, _ = run_both(block, source)
+        assert_same_bits(fused, block, source)
+        got, _ = run_both(fused, block, source)
         assert torch.equal(got, whole.narrow(axis, start, stop - start))
-    assert_same_bits(plan.restrict(0, 3, 30).restrict(1, 7, 40), source)
+    assert_same_bits(fused, plan.restrict(0, 3, 30).restrict(1, 7, 40), source)
 
 
-def test_specials_on_both_axes():
+def test_specials_on_both_axes(fused):
     rows = torch.tensor([0, 1, MEAN, ONE, ZERO, 1, 0, MEAN] * 3)
     cols = torch.cat([torch.arange(20) % 5, torch.tensor([MEAN, ONE, ZERO, MEAN])])
     plan = TensorPlan(name="s", source="s", source_shape=(2, 5), shape=(24, 24), split=1,
                       axes=(Axis(rows, torch.linspace(-2, 2, 24, dtype=torch.float64)), Axis(cols)))
     for dtype in DTYPES:
-        assert_same_bits(plan, torch.randn(2, 5, generator=torch.Generator().manual_seed(9)).to(dtype))
+        assert_same_bits(fused, plan, torch.randn(2, 5, generator=torch.Generator().manual_seed(9)).to(dtype))
 
 
-def test_counters_above_2_pow_32_take_the_wide_path():
+def test_counters_above_2_pow_32_take_the_wide_path(fused):
     """class * len(noise axis) crosses 2^32: the other axis holds source rows up to 69999 (and
     MEAN, class 70000) of a 70000 x 16 source, the noise axis is 70001 long; class 61355's
     counters cross 2^32 at noise index 55941. Windows keep the launches small."""
@@ -162,7 +195,7 @@ def test_counters_above_2_pow_32_take_the_wide_path():
     assert (n_other + 1) * n_noise > 2**32 > 61_355 * n_noise + 55_940
     source = torch.randn(n_other, 16, generator=torch.Generator().manual_seed(1))
     for start, stop in [(0, 300), (55_900, 56_000), (69_900, 70_001)]:
-        assert_same_bits(plan.restrict(1, start, stop), source)
+        assert_same_bits(fused, plan.restrict(1, start, stop), source)
 
 
 # ---------------------------------------------------------------- whole models, dispatch, in place
@@ -176,14 +209,15 @@ def test_counters_above_2_pow_32_take_the_wide_path():
     ("vit", dict(hidden_size=48, intermediate_size=100, num_hidden_layers=3)),
 ])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_whole_models_expand_to_the_reference_bits(family, kwargs, dtype):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_whole_models_expand_to_the_reference_bits(family, kwargs, dtype, backend):
     small = make_model(family, dtype=dtype)
     reference_model = lemon.expand(small, backend="reference", progress=False, **kwargs)
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # the kernels run here: no fallback
-        triton_model = lemon.expand(small.to(DEVICE), backend="triton", progress=False, **kwargs)
+        warnings.simplefilter("error")  # the executor runs here: no fallback
+        model = lemon.expand(small.to(BACKEND_DEVICE[backend]), backend=backend, progress=False, **kwargs)
     want = reference_model.state_dict()
-    for name, tensor in triton_model.state_dict().items():
+    for name, tensor in model.state_dict().items():
         assert torch.equal(tensor.cpu(), want[name]), name
 
 
@@ -198,11 +232,11 @@ def test_triton_is_listed_and_dispatched_where_it_runs(monkeypatch):
         with pytest.warns(UserWarning, match="'triton' is not available here for cpu tensors") as record:
             run = backends.executor("triton", torch.device("cpu"))
         assert run is reference.execute and len(record) == 1
-        assert record[0].filename == __file__ or record[0].filename.endswith("test_triton.py")
-        assert backends.executor("auto", torch.device("cpu")) is reference.execute
+        assert record[0].filename == __file__ or record[0].filename.endswith("test_executors.py")
+        assert backends.executor("auto", torch.device("cpu")) is native.execute_cpu  # not the interpreter
 
 
-@pytest.mark.parametrize("backend", ["reference", "triton"])
+@pytest.mark.parametrize("backend", ["reference"] + BACKENDS)
 @pytest.mark.parametrize("family", ["gpt2", "llama_tied", "bert"])
 def test_expand_in_place_equals_expand_and_keeps_ties(family, backend):
     kwargs = dict(hidden_size=64, num_hidden_layers=3)

@@ -1,0 +1,13 @@
+// The CPU block function compiled for AVX512 (chosen at run time when the CPU has it). No
+// "fma" in the target: with -ffp-contract=off nothing would fuse anyway; it stays out to be sure.
+#include <algorithm>
+#include <vector>
+
+#include "kernel.h"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,f16c,bmi2")
+#define LEMON_ISA avx512
+#define LEMON_BLOCK_FN expand_block_avx512
+#include "kernel.inc"
+#endif
