@@ -12,7 +12,7 @@ import sys
 
 from setuptools import setup
 
-CPU_SOURCES = ["csrc/ops.cpp", "csrc/cpu/dispatch.cpp", "csrc/cpu/kernel_generic.cpp",
+CPU_SOURCES = ["csrc/ops.cpp", "csrc/cpu/block_pool.cpp", "csrc/cpu/dispatch.cpp", "csrc/cpu/kernel_generic.cpp",
                "csrc/cpu/kernel_avx2.cpp", "csrc/cpu/kernel_avx512.cpp"]
 CUDA_SOURCES = ["csrc/cuda/ops_cuda.cpp", "csrc/cuda/expand_segment.cu"]
 # -ffp-contract=off: a fused multiply-add rounds once where the reference rounds twice

@@ -7,8 +7,10 @@
 #include <torch/library.h>
 
 #include <atomic>
+#include <functional>
 
 #include "args.h"
+#include "cpu/block_pool.h"
 #include "cpu/kernel.h"
 
 namespace lemon {
@@ -36,20 +38,6 @@ ChosenBlockFn& chosen_block_fn() {
 
 cpu::BlockFn block_fn() { return chosen_block_fn().fn.load(); }
 
-// Runs `work(i)` for i < n on torch's intra-op threads (at::parallel_for, so
-// torch.set_num_threads holds): one task per thread, each claiming the next block from a
-// shared counter. A thread slowed down by another process just claims fewer blocks: no
-// thread waits at a barrier for it until the very end.
-template <typename Work>
-void for_each_block(int64_t n, const Work& work) {
-  std::atomic<int64_t> next{0};
-  const int64_t workers = std::min<int64_t>(at::get_num_threads(), n);
-  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
-    cpu::Workspace w;
-    for (int64_t i = next.fetch_add(1); i < n; i = next.fetch_add(1)) work(i, w);
-  });
-}
-
 #define LEMON_SEGMENT_PARAMS                                                                          \
   const at::Tensor &source, const at::Tensor &row_base, const at::Tensor &col_base,                 \
       const std::optional<at::Tensor>&row_scale, const std::optional<at::Tensor>&col_scale,          \
@@ -74,7 +62,9 @@ void expand_segment_cpu(LEMON_SEGMENT_PARAMS) {
   const int64_t band = std::max<int64_t>(1, kBlockElements / per_row);
   const int64_t row_blocks = (rows + band - 1) / band, col_blocks = (cols + tile - 1) / tile;
   const cpu::BlockFn fn = block_fn();
-  for_each_block(row_blocks * col_blocks, [&](int64_t i, cpu::Workspace& w) {
+  // torch's intra-op thread count (torch.set_num_threads), on lemon's own helpers: see block_pool.h
+  cpu::run_blocks(row_blocks * col_blocks, at::get_num_threads(), [&](int64_t i) {
+    thread_local cpu::Workspace w;  // buffers sized by a block, reused by each thread
     const int64_t b0 = (i / col_blocks) * band, q0 = (i % col_blocks) * tile;
     fn(a, dtype, b0, std::min(b0 + band, rows), q0, std::min(q0 + tile, cols), w);
   });

@@ -51,8 +51,8 @@ def built() -> bool:
 
 
 def build_info() -> dict:
-    """What the extension holds ({} without it): the CPU instruction set its loops use, whether
-    it has the CUDA executor, torch's parallel settings."""
+    """What the extension holds ({} without it): the instruction set its CPU loops use
+    (``cpu_isa``), those this CPU runs (``cpu_isas``), whether it has the CUDA executor (``cuda``)."""
     return dict(extension().build_info()) if built() else {}
 
 
@@ -97,7 +97,7 @@ def run_plan(op, plan: TensorPlan, source: torch.Tensor, out: torch.Tensor | Non
     """Fill the plan's window with ``op``, one call per segment pair."""
     out = check_out(plan, source, out)
     for args in segment_calls(plan, source, out):
-        op(*args)
+        op(*args)  # on torch's thread count (the bookkeeping before it ran on one: lemon/serial.py)
     return out
 
 

@@ -20,6 +20,7 @@ import torch
 
 from .noise import centred, centred_at, scales
 from .plan import ZERO, TensorPlan
+from .serial import one_thread
 
 CHUNK_ELEMENTS = 1 << 20  # 4 MiB per fp32/int32 temporary: cache-sized, and many chunks to share out
 
@@ -150,14 +151,10 @@ def execute(plan: TensorPlan, source: torch.Tensor, out: torch.Tensor | None = N
     operation waits at every barrier for its slowest thread, so with another process on one core
     each of thousands of operations would cost a scheduler time slice; independent chunks just
     proceed. The thread count is restored on return."""
-    threads = torch.get_num_threads()
-    if source.device.type != "cpu" or threads == 1:
+    if source.device.type != "cpu":
         return _execute(plan, source, out, workers=1)
-    torch.set_num_threads(1)
-    try:
+    with one_thread() as threads:
         return _execute(plan, source, out, workers=threads)
-    finally:
-        torch.set_num_threads(threads)  # also the default of threads that start later
 
 
 def _execute(plan: TensorPlan, source: torch.Tensor, out: torch.Tensor | None, workers: int) -> torch.Tensor:

@@ -41,6 +41,7 @@ from .architectures import Family, Role, find_family
 from .architectures.base import SPLIT_KINDS
 from .noise import tensor_key
 from .plan import ONE, ZERO, Axis, ExpansionPlan, TensorPlan
+from .serial import one_thread
 from .spec import (Sizes, _multiples_near, check_layer_positions, check_noise_std, check_seed, model_sizes,
                    require_growth, resolve)
 
@@ -182,6 +183,7 @@ def target_config(family: Family, config, source: Sizes, target: Sizes, layers):
     return cfg
 
 
+@one_thread()  # bookkeeping on small tensors: see lemon/serial.py
 def plan_expansion(model: torch.nn.Module, *, hidden_size=None, intermediate_size=None,
                    num_attention_heads=None, num_key_value_heads=None, num_hidden_layers=None,
                    layer_positions=None, seed: int = 0, noise_std: float | None = None) -> ExpansionPlan:

@@ -21,6 +21,7 @@ import torch
 from .noise import scales
 from .plan import TensorPlan
 from .reference import compute_dtype
+from .serial import one_thread
 
 MIN_PERIOD = 16  # shorter repeats are not worth a replica loop: the tile would be mostly empty
 MAX_SEGMENTS = 8  # an axis that cuts into more is taken whole, as one period
@@ -132,6 +133,7 @@ def check_out(plan: TensorPlan, source: torch.Tensor, out: torch.Tensor | None) 
     return out
 
 
+@one_thread()  # bookkeeping on small tensors: see lemon/serial.py
 def fused_work(plan: TensorPlan, source: torch.Tensor) -> tuple[SideInputs, list[SegmentPair]]:
     """The side inputs and the segment pairs that together fill the plan's window. Needs no
     output (and the source's values only for MEAN side inputs): meta tensors work."""

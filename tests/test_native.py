@@ -208,3 +208,30 @@ def test_the_cuda_kernel_through_its_host_harness(tmp_path):
     run = subprocess.run([str(binary)], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert run.stdout.split() == expected
+
+
+# ---------------------------------------------------------------- the CPU executor's threads
+
+def test_cpp_gives_the_same_bits_on_any_thread_count_and_from_concurrent_callers():
+    """The block pool (csrc/cpu/block_pool.cpp) follows torch.set_num_threads, and callers on
+    several Python threads share it: every result is the reference's."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from lemon import reference
+
+    circ = maps.circular(300, 128)
+    plan = TensorPlan(name="p", source="p", source_shape=(128, 96), shape=(300, 200), split=1,
+                      axes=(Axis(circ), Axis(maps.circular(200, 96), maps.split_scale(maps.circular(200, 96)))),
+                      noise_axis=1, noise_std=0.02, noise_key=tensor_key(0, "p"))
+    source = torch.randn(128, 96, generator=torch.Generator().manual_seed(3))
+    want = reference.execute(plan, source)
+    threads = torch.get_num_threads()
+    try:
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            assert torch.equal(native.execute_cpu(plan, source), want), count
+    finally:
+        torch.set_num_threads(threads)
+    with ThreadPoolExecutor(4) as callers:
+        results = list(callers.map(lambda _: native.execute_cpu(plan, source), range(16)))
+    assert all(torch.equal(result, want) for result in results)
