@@ -7,7 +7,6 @@
 
 #include <optional>
 
-#include "cuda/launch.h"
 #include "segment.h"
 
 namespace lemon {

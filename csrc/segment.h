@@ -25,6 +25,9 @@
 
 namespace lemon {
 
+// The storage dtype of source and output (the compute dtype follows: fp64 for fp64, else fp32).
+enum class Dtype : int { float32 = 0, float64 = 1, bfloat16 = 2, float16 = 3 };
+
 struct AxisSegment {
   int64_t start;   // first window position of the segment
   int64_t length;  // positions in the segment

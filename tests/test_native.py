@@ -235,3 +235,26 @@ def test_cpp_gives_the_same_bits_on_any_thread_count_and_from_concurrent_callers
     with ThreadPoolExecutor(4) as callers:
         results = list(callers.map(lambda _: native.execute_cpu(plan, source), range(16)))
     assert all(torch.equal(result, want) for result in results)
+
+
+@needs_nvcc
+@pytest.mark.skipif(shutil.which("g++") is None, reason="no g++")
+def test_the_cuda_operator_glue_compiles_against_this_torch(tmp_path):
+    """csrc/cuda/ops_cuda.cpp is built only where torch has CUDA; here it is at least compiled
+    (-fsyntax-only) against this torch's headers and the CUDA toolkit's. A CPU wheel lacks one
+    generated CUDA config header, which an empty stand-in replaces."""
+    from torch.utils import cpp_extension
+    import sysconfig
+
+    stub = tmp_path / "c10" / "cuda" / "impl" / "cuda_cmake_macros.h"
+    stub.parent.mkdir(parents=True)
+    stub.write_text("#pragma once\n")
+    # the toolkit's headers: beside the real nvcc (which `nvcc -v` names), or CUDA_HOME
+    toolkit = re.search(r"#\$ TOP=(\S+)", subprocess.run([NVCC, "-v", "--version"], capture_output=True,
+                                                       text=True).stderr)
+    cuda_include = Path(toolkit.group(1) if toolkit else os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "include"
+    includes = [f"-I{p}" for p in cpp_extension.include_paths()] + [
+        f"-I{cuda_include}", f"-I{tmp_path}", f"-I{sysconfig.get_paths()['include']}"]
+    result = subprocess.run(["g++", "-std=c++17", "-fsyntax-only", "-DLEMON_WITH_CUDA", *includes,
+                             str(CSRC / "cuda" / "ops_cuda.cpp")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]

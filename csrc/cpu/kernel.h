@@ -5,7 +5,6 @@
 #include <string>
 #include <vector>
 
-#include "../cuda/launch.h"  // Dtype
 #include "../segment.h"
 
 namespace lemon {

@@ -6,8 +6,6 @@
 
 namespace lemon {
 
-enum class Dtype : int { float32 = 0, float64 = 1, bfloat16 = 2, float16 = 3 };
-
 // Launches the kernel for one segment pair on `stream` (a cudaStream_t); returns a CUDA error
 // code (0: cudaSuccess) for the caller to report.
 int launch_expand_segment(const SegmentArgs& args, Dtype dtype, void* stream);

@@ -1,11 +1,12 @@
 // torch.ops.lemon.expand_segment for CUDA tensors: the checked arguments, the device guard and
 // the current stream, then the kernel (expand_segment.cu). Built only where torch has CUDA.
-#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime_api.h>
 #include <torch/library.h>
 
 #include "../args.h"
+#include "launch.h"
 
 namespace lemon {
 namespace {
@@ -23,7 +24,7 @@ void expand_segment_cuda(const at::Tensor& source, const at::Tensor& row_base, c
                                      free_scale, replica_scale, out, /*check_values=*/false);
   TORCH_CHECK(a.row.first >= 0 || row_base.device() == source.device(), "lemon: row_base must be on ", source.device());
   TORCH_CHECK(a.col.first >= 0 || col_base.device() == source.device(), "lemon: col_base must be on ", source.device());
-  const int err = launch_expand_segment(a, dtype_of(source), at::cuda::getCurrentCUDAStream().stream());
+  const int err = launch_expand_segment(a, dtype_of(source), c10::cuda::getCurrentCUDAStream().stream());
   TORCH_CHECK(err == 0, "lemon: the CUDA kernel failed to launch: ", cudaGetErrorString(static_cast<cudaError_t>(err)));
 }
 
