@@ -17,25 +17,47 @@ namespace cpu {
 namespace {
 
 struct Job {
+  // The blocks in one contiguous share per thread: each thread first works through its own
+  // share in order, so its first writes to a fresh output (the page faults) stay in its own
+  // stretch of memory and the threads do not contend for the same page tables; a thread that
+  // finishes (or the caller, when a helper never comes) then takes blocks from the others'.
+  struct alignas(64) Share {  // a cache line each: the counters are written concurrently
+    std::atomic<int64_t> next{0};
+    int64_t end = 0;
+  };
+
   const std::function<void(int64_t)>* work;  // valid while blocks remain unfinished
   int64_t n;
   int helpers;  // how many helper threads may join
-  std::atomic<int64_t> next{0}, done{0};
+  std::vector<Share> shares;
+  std::atomic<int64_t> done{0};
   std::atomic<int> joined{0};
   std::exception_ptr error;
   std::mutex error_mutex;
 
-  // Claims and runs blocks until none is left. Every claimed block is counted done, so the
-  // caller, which waits for done == n, never returns while a block still runs.
-  void help() {
-    for (int64_t i = next.fetch_add(1); i < n; i = next.fetch_add(1)) {
-      try {
-        (*work)(i);
-      } catch (...) {
-        const std::lock_guard<std::mutex> lock(error_mutex);
-        if (!error) error = std::current_exception();
+  Job(const std::function<void(int64_t)>& work, int64_t n, int threads)
+      : work(&work), n(n), helpers(threads - 1), shares(static_cast<size_t>(threads)) {
+    for (int t = 0; t < threads; ++t) {
+      shares[t].next = n * t / threads;
+      shares[t].end = n * (t + 1) / threads;
+    }
+  }
+
+  // Claims and runs blocks, its own share first, until none is left. Every claimed block is
+  // counted done, so the caller, which waits for done == n, never returns while one still runs.
+  void help(int own) {
+    const int count = static_cast<int>(shares.size());
+    for (int k = 0; k < count; ++k) {
+      Share& share = shares[(own + k) % count];
+      for (int64_t i = share.next.fetch_add(1); i < share.end; i = share.next.fetch_add(1)) {
+        try {
+          (*work)(i);
+        } catch (...) {
+          const std::lock_guard<std::mutex> lock(error_mutex);
+          if (!error) error = std::current_exception();
+        }
+        done.fetch_add(1, std::memory_order_release);
       }
-      done.fetch_add(1, std::memory_order_release);
     }
   }
 };
@@ -54,10 +76,7 @@ class Pool {
   }
 
   void run(int64_t n, int threads, const std::function<void(int64_t)>& work) {
-    auto job = std::make_shared<Job>();
-    job->work = &work;
-    job->n = n;
-    job->helpers = threads - 1;
+    auto job = std::make_shared<Job>(work, n, threads);
     if (job->helpers > 0) {
       {
         const std::lock_guard<std::mutex> lock(mutex_);
@@ -67,7 +86,7 @@ class Pool {
       }
       wake_.notify_all();
     }
-    job->help();
+    job->help(0);
     // only blocks in flight are waited for: spin briefly, then yield the core
     const auto waiting = std::chrono::steady_clock::now();
     for (int spins = 0; job->done.load(std::memory_order_acquire) < n; ++spins)
@@ -93,7 +112,9 @@ class Pool {
         seen = generation_;
         job = current_;  // null if the job already finished
       }
-      if (job && job->joined.fetch_add(1) < job->helpers) job->help();
+      if (!job) continue;
+      const int index = job->joined.fetch_add(1);  // helper k works from share k + 1 on
+      if (index < job->helpers) job->help(index + 1);
     }
   }
 

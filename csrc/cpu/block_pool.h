@@ -1,5 +1,5 @@
-// The CPU executor's parallel loop: blocks of work claimed from a counter by the calling thread
-// and up to torch.get_num_threads() - 1 helper threads.
+// The CPU executor's parallel loop: blocks of work claimed by the calling thread and up to
+// torch.get_num_threads() - 1 helper threads, each from its own contiguous share first.
 //
 // Why not at::parallel_for: an OpenMP parallel region ends at a barrier that waits for every
 // thread of the team, including one that another process keeps off its core and that has no
