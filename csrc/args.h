@@ -11,6 +11,18 @@
 
 namespace lemon {
 
+// The operator's parameters (its schema in ops.cpp), once for every implementation.
+#define LEMON_SEGMENT_PARAMS                                                                          \
+  const at::Tensor &source, const at::Tensor &row_base, const at::Tensor &col_base,                 \
+      const std::optional<at::Tensor>&row_scale, const std::optional<at::Tensor>&col_scale,          \
+      const std::optional<at::Tensor>&row_means, const std::optional<at::Tensor>&col_means,          \
+      const std::optional<at::Tensor>&total_mean, const std::optional<at::Tensor>&next_index,        \
+      c10::IntArrayRef row_segment, c10::IntArrayRef col_segment, int64_t noise_axis, int64_t key,   \
+      int64_t n_noise, double free_scale, double replica_scale, const at::Tensor &out
+#define LEMON_SEGMENT_ARGS                                                                           \
+  source, row_base, col_base, row_scale, col_scale, row_means, col_means, total_mean, next_index,   \
+      row_segment, col_segment, noise_axis, key, n_noise, free_scale, replica_scale, out
+
 inline Dtype dtype_of(const at::Tensor& t) {
   switch (t.scalar_type()) {
     case at::kFloat: return Dtype::float32;
@@ -64,13 +76,7 @@ inline const void* side_input(const char* name, const std::optional<at::Tensor>&
   return t->data_ptr();
 }
 
-inline SegmentArgs segment_args(const at::Tensor& source, const at::Tensor& row_base, const at::Tensor& col_base,
-                                const std::optional<at::Tensor>& row_scale, const std::optional<at::Tensor>& col_scale,
-                                const std::optional<at::Tensor>& row_means, const std::optional<at::Tensor>& col_means,
-                                const std::optional<at::Tensor>& total_mean, const std::optional<at::Tensor>& next_index,
-                                c10::IntArrayRef row_segment, c10::IntArrayRef col_segment, int64_t noise_axis,
-                                int64_t key, int64_t n_noise, double free_scale, double replica_scale,
-                                const at::Tensor& out, bool check_values) {
+inline SegmentArgs segment_args(LEMON_SEGMENT_PARAMS, bool check_values) {
   TORCH_CHECK(source.dim() == 2 && out.dim() == 2, "lemon: source and out are 2-D views");
   TORCH_CHECK(source.scalar_type() == out.scalar_type(), "lemon: out must have the source's dtype (",
               source.scalar_type(), "), got ", out.scalar_type());

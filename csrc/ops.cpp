@@ -38,17 +38,6 @@ ChosenBlockFn& chosen_block_fn() {
 
 cpu::BlockFn block_fn() { return chosen_block_fn().fn.load(); }
 
-#define LEMON_SEGMENT_PARAMS                                                                          \
-  const at::Tensor &source, const at::Tensor &row_base, const at::Tensor &col_base,                 \
-      const std::optional<at::Tensor>&row_scale, const std::optional<at::Tensor>&col_scale,          \
-      const std::optional<at::Tensor>&row_means, const std::optional<at::Tensor>&col_means,          \
-      const std::optional<at::Tensor>&total_mean, const std::optional<at::Tensor>&next_index,        \
-      c10::IntArrayRef row_segment, c10::IntArrayRef col_segment, int64_t noise_axis, int64_t key,   \
-      int64_t n_noise, double free_scale, double replica_scale, const at::Tensor &out
-#define LEMON_SEGMENT_ARGS                                                                           \
-  source, row_base, col_base, row_scale, col_scale, row_means, col_means, total_mean, next_index,   \
-      row_segment, col_segment, noise_axis, key, n_noise, free_scale, replica_scale, out
-
 void expand_segment_cpu(LEMON_SEGMENT_PARAMS) {
   const SegmentArgs a = segment_args(LEMON_SEGMENT_ARGS, /*check_values=*/true);
   const Dtype dtype = dtype_of(source);

@@ -56,12 +56,6 @@ def _load_cuda() -> Executor:
     return execute_cuda
 
 
-def _check_built(name: str) -> None:
-    """A compiled backend this install lacks: an error that says how to build it."""
-    from . import native
-    native.require(name)
-
-
 def _load_reference() -> Executor:
     from .reference import execute
     return execute
@@ -107,13 +101,13 @@ def executor(backend: str = "auto", device: torch.device | None = None) -> Execu
         for name in AUTO.get(device.type, ("reference",)):
             if BACKENDS[name].runs_on(device):
                 return BACKENDS[name].load()
-    if backend in COMPILED:
-        _check_built(backend)
+    if backend in COMPILED:  # not built into this install: an error that says how to build it
+        from . import native
+        native.require(backend)
     chosen = BACKENDS[backend]
     if not chosen.runs_on(device):
-        need = chosen.where
         warnings.warn(f"lemon: backend {backend!r} is not available here for {device.type} tensors "
-                      f"(it needs {need}; available: {available_backends()}); using the reference executor",
+                      f"(it needs {chosen.where}; available: {available_backends()}); using the reference executor",
                       stacklevel=stacklevel_outside_lemon())
         return BACKENDS["reference"].load()
     return chosen.load()

@@ -11,17 +11,10 @@
 namespace lemon {
 namespace {
 
-void expand_segment_cuda(const at::Tensor& source, const at::Tensor& row_base, const at::Tensor& col_base,
-                         const std::optional<at::Tensor>& row_scale, const std::optional<at::Tensor>& col_scale,
-                         const std::optional<at::Tensor>& row_means, const std::optional<at::Tensor>& col_means,
-                         const std::optional<at::Tensor>& total_mean, const std::optional<at::Tensor>& next_index,
-                         c10::IntArrayRef row_segment, c10::IntArrayRef col_segment, int64_t noise_axis, int64_t key,
-                         int64_t n_noise, double free_scale, double replica_scale, const at::Tensor& out) {
+void expand_segment_cuda(LEMON_SEGMENT_PARAMS) {
   const c10::cuda::CUDAGuard guard(source.device());
   // index values are not read back here (that would synchronize): lemon/segments.py made them
-  const SegmentArgs a = segment_args(source, row_base, col_base, row_scale, col_scale, row_means, col_means,
-                                     total_mean, next_index, row_segment, col_segment, noise_axis, key, n_noise,
-                                     free_scale, replica_scale, out, /*check_values=*/false);
+  const SegmentArgs a = segment_args(LEMON_SEGMENT_ARGS, /*check_values=*/false);
   TORCH_CHECK(a.row.first >= 0 || row_base.device() == source.device(), "lemon: row_base must be on ", source.device());
   TORCH_CHECK(a.col.first >= 0 || col_base.device() == source.device(), "lemon: col_base must be on ", source.device());
   const int err = launch_expand_segment(a, dtype_of(source), c10::cuda::getCurrentCUDAStream().stream());
