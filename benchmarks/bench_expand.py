@@ -16,7 +16,9 @@ backend of ``--backends`` (default ``reference,cpp`` where lemon's C++ extension
   backend's first run is cold in the whole sense; the later backends' first runs find
   lemon's planning code and the allocator warm;
 * ``clone``: ``v.clone()`` of every output tensor (fresh allocation + copy of the output size),
-  once per case, on the first backend's output;
+  on the last backend's output: ``--repeats`` runs once per case, and one right before each
+  timed expansion of every backend. The ratio to clone is the median of those pairs' ratios:
+  the cost of faulting in fresh memory drifts on a VM, and a pair sees one memory state;
 * ``copy_``: ``dst.copy_(v)`` of every output tensor into preallocated, already touched tensors
   (pure memory bandwidth), once per case;
 * per backend, the peak resident set size of its first expansion (``VmHWM``, reset just before
@@ -281,20 +283,21 @@ def run_case(case: dict, repeats: int, verify: bool, backends: list[str]) -> dic
     result["source_params"] = nparams(small)
     result["source_bytes"] = nbytes(small)
 
+    def expand(backend: str, noise_std=None):
+        return lemon.expand(small, backend=backend, progress=False, noise_std=noise_std, **case["target"])
+
+    # phase 1: every backend's first run (peak memory, cold caches and allocator; its bits). For
+    # the first backend the process has done nothing but build the source; before the later
+    # ones, the previous output is dropped and freed heap is given back to the kernel
+    big = None
     for backend in backends:
         this = result["backends"][backend] = {"loadavg_start": os.getloadavg()}
-
-        def expand(noise_std=None, backend=backend):
-            return lemon.expand(small, backend=backend, progress=False, noise_std=noise_std,
-                                **case["target"])
-
-        # first run: peak memory. For the first backend the process has done nothing but build
-        # the source; for the later ones, freed heap is given back to the kernel first
+        big = None
         gc.collect()
         this["malloc_trim_before"] = _malloc_trim()
         rss_before = rss_bytes()
         this["peak_reset"] = reset_peak_rss()
-        t_first, big = _timed(expand, f"{backend}: expand (first)")
+        this["expand_first_s"], big = _timed(lambda: expand(backend), f"{backend}: expand (first)")
         this["rss_before_expand_bytes"] = rss_before
         this["peak_rss_bytes"] = peak_rss_bytes()
         this["rss_after_expand_bytes"] = rss_bytes()
@@ -312,41 +315,48 @@ def run_case(case: dict, repeats: int, verify: bool, backends: list[str]) -> dic
             if case["dtype"] == "float32":
                 this["verify_output_relative"] = lemon.verify(small, big).output_relative
 
-        if "clone_s" not in result:
-            # the ceilings, once per case, on the output tensors of the first backend's first run
-            outputs = [t.detach() for t in unique_tensors(big)]
-            clone_times = []
-            for _ in range(repeats + 1):  # the first is a warm-up, like the expansion's first run
-                gc.collect()
-                t, clones = _timed(lambda: [v.clone() for v in outputs], "clone")
-                clone_times.append(t)
-                del clones
-            result["clone_first_s"], result["clone_s"] = clone_times[0], clone_times[1:]
-            dst = [torch.empty_like(v) for v in outputs]
-            for d, v in zip(dst, outputs):  # touch every page first: copy_ below is bandwidth only
-                d.copy_(v)
-
-            def copy_all():
-                for d, v in zip(dst, outputs):
-                    d.copy_(v)
-            result["copy_s"] = [_timed(copy_all, "copy_")[0] for _ in range(repeats)]
-            del dst, outputs
-        del big
+    # phase 2: the ceilings, on the output tensors of the last first run, kept to the end
+    outputs = [t.detach() for t in unique_tensors(big)]
+    del big
+    clone_times = []
+    for _ in range(repeats + 1):  # the first is a warm-up, like the expansion's first run
         gc.collect()
+        t, clones = _timed(lambda: [v.clone() for v in outputs], "clone")
+        clone_times.append(t)
+        del clones
+    result["clone_first_s"], result["clone_s"] = clone_times[0], clone_times[1:]
+    dst = [torch.empty_like(v) for v in outputs]
+    for d, v in zip(dst, outputs):  # touch every page first: copy_ below is bandwidth only
+        d.copy_(v)
 
-        def fresh(noise_std=None):
-            def fn():
-                expand(noise_std)  # the result is dropped: every run allocates its output anew
-            return fn
-        # the first run (above: peak memory, cold caches and allocator) is reported on its own;
-        # when it took <= 30 s, the expansion is timed `repeats` more times, else it is the timing
-        this["expand_first_s"] = t_first
-        this["expand_s"] = (_repeat(fresh(), repeats, f"{backend}: expand") if t_first <= REPEAT_LIMIT_S
-                            else [t_first])
-        this["expand_noise0_s"] = _repeat(fresh(0.0), 1, f"{backend}: expand noise_std=0")
+    def copy_all():
+        for d, v in zip(dst, outputs):
+            d.copy_(v)
+    result["copy_s"] = [_timed(copy_all, "copy_")[0] for _ in range(repeats)]
+    dst.clear()  # frees them (the closure above keeps the list)
+
+    # phase 3: per backend, `repeats` timed runs (when the first took <= 30 s; else the first
+    # run is the timing), each right after a clone of the output: the page-fault cost of fresh
+    # memory drifts on a VM (the system time of the same faults varied 1.4-2.2 s), so the ratio
+    # to clone() is taken pair by pair, both runs in the same memory state. Results are dropped:
+    # every run allocates its output anew
+    for backend in backends:
+        this = result["backends"][backend]
+        this["expand_s"], this["paired_clone_s"] = [], []
+        for _ in range(repeats if this["expand_first_s"] <= REPEAT_LIMIT_S else 0):
+            gc.collect()
+            t, clones = _timed(lambda: [v.clone() for v in outputs], f"{backend}: clone (paired)")
+            del clones
+            this["paired_clone_s"].append(t)
+            this["expand_s"] += _repeat(lambda: expand(backend), 1, f"{backend}: expand")
+        if not this["expand_s"]:
+            this["expand_s"] = [this["expand_first_s"]]
+        this["expand_noise0_s"] = _repeat(lambda: expand(backend, 0.0), 1, f"{backend}: expand noise_std=0")
         if this["expand_noise0_s"][0] <= REPEAT_LIMIT_S:
-            this["expand_noise0_s"] += _repeat(fresh(0.0), repeats - 1, f"{backend}: expand noise_std=0")
+            this["expand_noise0_s"] += _repeat(lambda: expand(backend, 0.0), repeats - 1,
+                                               f"{backend}: expand noise_std=0")
         this["loadavg_end"] = os.getloadavg()
+    outputs.clear()
     result["loadavg_end"] = os.getloadavg()
     result["worker_peak_rss_bytes"] = peak_rss_bytes()  # since the last reset: that backend's reruns too
     result["rusage"] = RUSAGE
@@ -477,9 +487,12 @@ def summarize(r: dict) -> dict:
     for this in r["backends"].values():
         expand = statistics.median(this["expand_s"])
         noise0 = statistics.median(this["expand_noise0_s"])
+        paired = [e / c for e, c in zip(this["expand_s"], this.get("paired_clone_s", []))]
         this["summary"] = {
             "expand_s": expand, "expand_noise0_s": noise0,
-            "ratio_clone": expand / clone, "ratio_copy": expand / copy,
+            # the median of the runs' ratios to the clone just before each (older files: medians)
+            "ratio_clone": statistics.median(paired) if paired else expand / clone,
+            "ratio_copy": expand / copy,
             "noise_share": (expand - noise0) / expand,
             "gb_per_s": moved / expand / GB,
             "peak_rss_delta_bytes": this["peak_rss_bytes"] - r["rss_start_bytes"],
@@ -524,7 +537,8 @@ def table(results: list[dict]) -> str:
                 f"{s['peak_rss_delta_bytes'] / GB:>11.2f} {shared['floor_bytes'] / GB:>8.2f} {speedup}")
     lines.append("¹ one run (the first took > 30 s); otherwise the median of the repeats after a first, cold "
                  "run. The backends run one after the other in one process per case: clone s and the floor "
-                 "are the case's. GB/s = (source + output bytes) / expand time; "
+                 "are the case's; x clone is the median, over the timed runs, of each run's time over that "
+                 "of a clone() of the output just before it. GB/s = (source + output bytes) / expand time; "
                  "peak RSS = peak of the backend's first expansion minus the worker's RSS before building "
                  "the source; floor = source + output bytes; vs ref = reference expand s / this expand s.")
     checked = [(r, b, this) for r in results for b, this in r["backends"].items() if "verify_output_relative" in this]

@@ -25,7 +25,7 @@ from .segments import check_out, fused_work
 BUILD_HINT = ("build it with `pip install --no-build-isolation -v -e .` in lemon's checkout (a C++17 compiler "
               "and the installed torch's headers are needed; for the CUDA executor, torch with CUDA and a "
               "CUDA toolkit), without LEMON_NO_EXT=1 set")
-OPERATORS = ("expand_segment", "emulate_cuda_segment")
+OPERATORS = ("expand_segment", "emulate_cuda_segment")  # mutating, no outputs
 
 
 @functools.lru_cache(maxsize=None)
@@ -39,7 +39,12 @@ def extension():
         return f"lemon._C cannot be imported ({error})"
     for name in OPERATORS:  # mutating ops with no outputs: the fake implementation does nothing
         torch.library.register_fake(f"lemon::{name}")(_no_output)
+    torch.library.register_fake("lemon::mean_along")(_fake_mean)
     return module
+
+
+def _fake_mean(x: torch.Tensor, dim: int) -> torch.Tensor:
+    return x.new_empty(x.shape[1 - dim], dtype=torch.float64)
 
 
 def _no_output(*args, **kwargs) -> None:
@@ -75,7 +80,7 @@ def segment_calls(plan: TensorPlan, source: torch.Tensor, out: torch.Tensor) -> 
     checked by :func:`lemon.segments.check_out`) from ``source``."""
     if out.numel() == 0:
         return []
-    side, pairs = fused_work(plan, source)
+    side, pairs = fused_work(plan, source, mean_along if source.device.type == "cpu" else None)
     (r0, r1), (c0, c1) = plan.block
     block = out.view(r1 - r0, c1 - c0)
     device = source.device
@@ -91,6 +96,11 @@ def segment_calls(plan: TensorPlan, source: torch.Tensor, out: torch.Tensor) -> 
                       ranges[1], side.noise_axis, side.key, side.n_noise, side.free_scale, side.replica_scale,
                       block))
     return calls
+
+
+def mean_along(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """:func:`lemon.plan.mean_along` in C++ (CPU tensors), same bits, on torch's threads."""
+    return torch.ops.lemon.mean_along(x, dim)
 
 
 def run_plan(op, plan: TensorPlan, source: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:

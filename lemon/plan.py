@@ -212,15 +212,17 @@ class TensorPlan:
         block[axis] = (lo + start, lo + stop)
         return replace(self, window=tuple(block))
 
-    def means(self, source_view: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None,
-                                                         torch.Tensor | None]:
+    def means(self, source_view: torch.Tensor, mean=None) -> tuple[torch.Tensor | None, torch.Tensor | None,
+                                                                   torch.Tensor | None]:
         """The side input of MEAN indices, fp64 (see :func:`mean_along`), computed only where the
         plan uses it: (per source row, its mean along axis 1: for MEAN columns; per source
-        column, its mean along axis 0: for MEAN rows; the mean of the row means: for both)."""
+        column, its mean along axis 0: for MEAN rows; the mean of the row means: for both).
+        ``mean``: another implementation of :func:`mean_along` with its bits (the C++ one)."""
+        mean = mean or mean_along
         mean_rows, mean_cols = (bool((a.source == MEAN).any()) for a in self.axes)
-        row_means = mean_along(source_view, 1) if mean_cols else None
-        col_means = mean_along(source_view, 0) if mean_rows else None
-        total = mean_along(row_means[:, None], 0) if mean_rows and mean_cols else None
+        row_means = mean(source_view, 1) if mean_cols else None
+        col_means = mean(source_view, 0) if mean_rows else None
+        total = mean(row_means[:, None], 0) if mean_rows and mean_cols else None
         return row_means, col_means, total
 
     def new_mask(self) -> torch.Tensor:

@@ -133,17 +133,23 @@ def check_out(plan: TensorPlan, source: torch.Tensor, out: torch.Tensor | None) 
     return out
 
 
-@one_thread()  # bookkeeping on small tensors: see lemon/serial.py
-def fused_work(plan: TensorPlan, source: torch.Tensor) -> tuple[SideInputs, list[SegmentPair]]:
+def fused_work(plan: TensorPlan, source: torch.Tensor, mean=None) -> tuple[SideInputs, list[SegmentPair]]:
     """The side inputs and the segment pairs that together fill the plan's window. Needs no
-    output (and the source's values only for MEAN side inputs): meta tensors work."""
-    device, dtype = source.device, compute_dtype(source.dtype)
+    output (and the source's values only for MEAN side inputs): meta tensors work. ``mean``:
+    an implementation of :func:`lemon.plan.mean_along` with its bits (the C++ one, on all
+    threads: the means read the whole source; the rest is bookkeeping, on one thread)."""
     source_view = source.reshape(plan.source_view_shape)
     if source_view.numel() and source_view.stride(-1) != 1:
         source_view = source_view.contiguous()
+    return _cut(plan, source_view, plan.means(source_view, mean))
+
+
+@one_thread()  # bookkeeping on small tensors: see lemon/serial.py
+def _cut(plan: TensorPlan, source_view: torch.Tensor, means) -> tuple[SideInputs, list[SegmentPair]]:
+    device, dtype = source_view.device, compute_dtype(source_view.dtype)
     n_rows, n_cols = plan.source_view_shape
     row_means, col_means, total = (None if m is None else m.to(device=device, dtype=dtype).reshape(-1)
-                                   for m in plan.means(source_view))
+                                   for m in means)
     maps = plan.window_maps(device, dtype)
     ext = [ext_index for ext_index, _ in maps]  # stays on the CPU: segments are cut on the host
 

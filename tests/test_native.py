@@ -97,6 +97,44 @@ def test_bad_operator_arguments_are_refused_with_the_reason(change, message):
         torch.ops.lemon.expand_segment(*args)
 
 
+# ---------------------------------------------------------------- the MEAN side input in C++
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", [(1, 1), (1, 7), (9, 1), (3, 5), (17, 33), (1000, 3), (5, 4099), (257, 129)])
+def test_the_cpp_mean_is_the_pairwise_tree_bit_for_bit(dtype, shape):
+    """lemon.native.mean_along against lemon.plan.mean_along (itself checked against the tree
+    written out in Python floats in test_reference.py), on any thread count and on a view."""
+    from lemon.plan import mean_along
+
+    g = torch.Generator().manual_seed(sum(shape))
+    x = (torch.randn(shape, generator=g) * torch.logspace(-3, 3, shape[1])).to(dtype)
+    threads = torch.get_num_threads()
+    try:
+        for count in (1, 3):
+            torch.set_num_threads(count)
+            for dim in (0, 1):
+                assert torch.equal(native.mean_along(x, dim), mean_along(x, dim)), (count, dim)
+    finally:
+        torch.set_num_threads(threads)
+    wide = torch.randn(shape[0], shape[1] + 5, generator=g).to(dtype)[:, 2:2 + shape[1]]  # rows strided apart
+    for dim in (0, 1):
+        assert torch.equal(native.mean_along(wide, dim), mean_along(wide, dim))
+
+
+def test_the_cpp_mean_passes_opcheck_and_refuses_bad_input():
+    x = torch.randn(37, 20)
+    for dim in (0, 1):
+        torch.library.opcheck(torch.ops.lemon.mean_along.default, (x, dim))
+    with pytest.raises(RuntimeError, match="must be 2-D"):
+        native.mean_along(torch.randn(2, 3, 4), 0)
+    with pytest.raises(RuntimeError, match="dim must be 0 or 1"):
+        native.mean_along(x, 2)
+    with pytest.raises(RuntimeError, match="rows must be contiguous"):
+        native.mean_along(x.T, 0)
+    with pytest.raises(RuntimeError, match="fp32, fp64, bf16 or fp16"):
+        native.mean_along(x.to(torch.int32), 0)
+
+
 # ---------------------------------------------------------------- without the extension
 
 def test_without_the_extension_lemon_works_and_cpp_says_how_to_build_it():
