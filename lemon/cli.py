@@ -16,7 +16,43 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--seed", type=int, default=0)
     sub.add_parser("info", help="what this install can run: the backends, and what lemon's C++ extension "
                                 "was built with")
+    expand = sub.add_parser("expand", help="expand a checkpoint directory (config.json + safetensors) into a new "
+                                           "one, streaming tensor by tensor")
+    expand.add_argument("source", metavar="SRC_DIR")
+    expand.add_argument("destination", metavar="DST_DIR")
+    for size in ("hidden-size", "intermediate-size", "num-attention-heads", "num-key-value-heads",
+                 "num-hidden-layers"):
+        expand.add_argument(f"--{size}", type=int, default=None, help="target size (default: unchanged)")
+    expand.add_argument("--layer-positions", type=_int_list, default=None, metavar="I,J,...",
+                        help="target indices of the inserted layers (default: spread evenly)")
+    expand.add_argument("--seed", type=int, default=0)
+    expand.add_argument("--noise-std", type=float, default=None,
+                        help="symmetry-breaking noise scale (default: the config's initializer_range; 0: none)")
+    expand.add_argument("--backend", default="auto", help="executor: auto, reference, cpp, triton, cuda")
+    expand.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where tensors are expanded")
+    expand.add_argument("--dtype", default=None, choices=("bfloat16", "float16", "float32"),
+                        help="cast the source's floating tensors to this before expanding (default: as stored)")
+    expand.add_argument("--max-shard-size", default="5GB", help="largest output shard, e.g. 5GB, 500MB, 2GiB")
+    expand.add_argument("--overwrite", action="store_true",
+                        help="replace a non-empty DST_DIR (only once the new checkpoint is complete)")
+    expand.add_argument("--dry-run", action="store_true",
+                        help="print the plan, the output's size and a time estimate; write nothing")
+    progress = expand.add_mutually_exclusive_group()
+    progress.add_argument("--progress", dest="progress", action="store_true", default=None, help="always show a bar")
+    progress.add_argument("--no-progress", dest="progress", action="store_false", help="never show a bar")
+    check = sub.add_parser("verify", help="run a checkpoint and its expansion on the same inputs and compare "
+                                          "outputs and hidden states; exit status 1 past the tolerance")
+    check.add_argument("source", metavar="SRC_DIR")
+    check.add_argument("destination", metavar="DST_DIR")
+    check.add_argument("--tolerance", type=float, default=None,
+                       help="largest relative max output difference accepted (default: 1e-5 for fp32 "
+                            "checkpoints, 5e-2 for 16-bit ones)")
+    check.add_argument("--token-ids", type=_int_list, default=None, metavar="I,J,...",
+                       help="token ids to run (default: random ones)")
+    check.add_argument("--image", default=None, help="an image to run (vision models; uses SRC_DIR's image processor)")
     args = parser.parse_args(argv)
+    if args.command in ("expand", "verify"):
+        return _checkpoint_command(args)
     if args.command == "demo":
         from .demo import run_demo
         return run_demo(seed=args.seed)
@@ -24,6 +60,36 @@ def main(argv: list[str] | None = None) -> int:
         print(info())
         return 0
     return 2
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.replace(" ", "").split(",") if part]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}") from None
+
+
+def _checkpoint_command(args) -> int:
+    """`lemon expand` / `lemon verify`: a refused input is one line on stderr and exit status 2."""
+    from .checkpoint import CheckpointError, expand_checkpoint, verify_checkpoint
+
+    try:
+        if args.command == "expand":
+            expand_checkpoint(args.source, args.destination, hidden_size=args.hidden_size,
+                              intermediate_size=args.intermediate_size,
+                              num_attention_heads=args.num_attention_heads,
+                              num_key_value_heads=args.num_key_value_heads,
+                              num_hidden_layers=args.num_hidden_layers, layer_positions=args.layer_positions,
+                              seed=args.seed, noise_std=args.noise_std, backend=args.backend, device=args.device,
+                              dtype=args.dtype, max_shard_size=args.max_shard_size, overwrite=args.overwrite,
+                              dry_run=args.dry_run, progress=args.progress)
+            return 0
+        report, tolerance = verify_checkpoint(args.source, args.destination, tolerance=args.tolerance,
+                                              token_ids=args.token_ids, image=args.image)
+        return 0 if report.output_relative <= tolerance else 1
+    except (CheckpointError, ValueError, TypeError, RuntimeError) as error:
+        print(f"lemon {args.command}: {error}", file=sys.stderr)
+        return 2
 
 
 def info() -> str:

@@ -22,6 +22,8 @@ class Report:
     layer_max_abs: list[float]
     output_name: str = "output"
     outputs: dict[str, float] = field(default_factory=dict)
+    output_mean_abs: float = float("nan")  # mean |big - small| on the same output
+    layer_mean_abs: list[float] = field(default_factory=list)
 
     @property
     def output_relative(self) -> float:
@@ -31,8 +33,8 @@ class Report:
         layers = " ".join(f"{d:.1e}" for d in self.layer_max_abs)
         others = ", ".join(f"{n} {r:.1e}" for n, r in self.outputs.items() if n != self.output_name)
         return (f"{self.output_name} max |delta| {self.output_max_abs:.2e} (relative {self.output_relative:.2e}, "
-                f"output scale {self.output_scale:.2e})" + (f"; other outputs (relative): {others}" if others else "")
-                + f"; per layer: {layers}")
+                f"mean |delta| {self.output_mean_abs:.2e}, output scale {self.output_scale:.2e})"
+                + (f"; other outputs (relative): {others}" if others else "") + f"; per layer: {layers}")
 
 
 def random_inputs(model: torch.nn.Module, batch: int = 2, length: int = 12, seed: int = 0) -> dict:
@@ -73,9 +75,13 @@ def _comparable(small: torch.Tensor, big: torch.Tensor) -> torch.Tensor | None:
     return None
 
 
-def verify(small: torch.nn.Module, big: torch.nn.Module, inputs: dict | None = None) -> Report:
+def verify(small: torch.nn.Module, big: torch.nn.Module, inputs: dict | None = None,
+           layers: list[tuple[int, bool]] | None = None) -> Report:
     """Run both models in eval mode on ``inputs`` (random ones by default) and compare.
     ``small`` is the source model, ``big`` its expansion (swapped arguments are refused).
+    ``layers``: per layer of ``big``, (source layer, inserted?), to line up the hidden states
+    (default: ``big.lemon_layers``, which :func:`lemon.expand` sets, else layers spread evenly;
+    a reloaded checkpoint's is in its ``lemon_expansion.json``).
 
     Hidden vectors of the big model carry the small one's in their first entries (every
     stream form starts with a copy of x), so hidden states are compared there; the last
@@ -86,32 +92,43 @@ def verify(small: torch.nn.Module, big: torch.nn.Module, inputs: dict | None = N
     inputs = inputs if inputs is not None else random_inputs(small)
     small_out, small_hidden = _run(small, inputs)
     big_out, big_hidden = _run(big, inputs)
-    compared = {}  # name -> (max |delta|, scale)
+    compared = {}  # name -> (max |delta|, scale, mean |delta|)
     for name, value in small_out.items():
         other = _comparable(value, big_out[name]) if name in big_out else None
         if other is not None:
-            compared[name] = ((other.double() - value.double()).abs().max().item(),
-                              value.double().abs().max().item())
+            delta = (other.double() - value.double()).abs()
+            compared[name] = (delta.max().item(), value.double().abs().max().item(), delta.mean().item())
     if not compared:
         raise ValueError(f"lemon.verify: no output of {type(big).__name__} matches the source's in shape "
                          f"(source outputs: {sorted(small_out)}); pass models of the same class")
-    relative = {name: delta / max(scale, 1e-30) for name, (delta, scale) in compared.items()}
+    relative = {name: delta / max(scale, 1e-30) for name, (delta, scale, _) in compared.items()}
     worst = max(relative, key=relative.get)
 
     # the source layer s ends at the last target layer made from it (inserted ones follow it)
     big_layers = big.config.num_hidden_layers
     small_layers = small.config.num_hidden_layers
-    ends = _layer_ends(big, small_layers, big_layers)
-    layer_deltas = []
+    ends = _layer_ends(big, small_layers, big_layers, layers)
+    layer_deltas, layer_means = [], []
     d = small_hidden[0].shape[-1]
     for s in range(small_layers - 1):  # the last entry is after the final norm: see the docstring
         a, b = small_hidden[s + 1], big_hidden[ends[s] + 1][..., :d]
-        layer_deltas.append((a.double() - b.double()).abs().max().item())
-    return Report(*compared[worst], layer_deltas, output_name=worst, outputs=relative)
+        delta = (a.double() - b.double()).abs()
+        layer_deltas.append(delta.max().item())
+        layer_means.append(delta.mean().item())
+    max_abs, scale, mean_abs = compared[worst]
+    return Report(max_abs, scale, layer_deltas, output_name=worst, outputs=relative, output_mean_abs=mean_abs,
+                  layer_mean_abs=layer_means)
 
 
-def _layer_ends(big, small_layers: int, big_layers: int) -> list[int]:
-    plan_layers = getattr(big, "lemon_layers", None)
+def _layer_ends(big, small_layers: int, big_layers: int, plan_layers=None) -> list[int]:
+    if plan_layers is not None:
+        plan_layers = [(int(s), bool(inserted)) for s, inserted in plan_layers]
+        if len(plan_layers) != big_layers or sorted({s for s, _ in plan_layers}) != list(range(small_layers)):
+            raise ValueError(f"lemon.verify: the layer map has {len(plan_layers)} layers from sources "
+                             f"{sorted({s for s, _ in plan_layers})}, but the models have {big_layers} and "
+                             f"{small_layers} layers: pass the map of this expansion")
+    else:
+        plan_layers = getattr(big, "lemon_layers", None)
     if plan_layers is None:
         from .maps import layers
         plan_layers = layers(small_layers, big_layers, None)

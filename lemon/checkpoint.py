@@ -1,0 +1,732 @@
+"""Checkpoint directories: expand a transformers checkpoint on disk by streaming, tensor by tensor.
+
+The source is read where it lies (config.json and safetensors shards, memory-mapped), checked
+against the model class its config names before anything is written, and planned exactly as
+:func:`lemon.expand` plans the loaded model (the plan needs names and shapes only: it is made
+on a model built on the meta device). Each source tensor is then read alone, expanded in row
+blocks (``TensorPlan.restrict``: a block's noise is the whole tensor's) into one reused
+buffer, and streamed into the current output shard, whose header was written first
+(:mod:`lemon.safetensors_stream`). Memory stays at about the largest source tensor plus one
+block, whatever the model's size; no module is ever materialized.
+
+The output goes to a temporary directory beside the destination and is renamed into place at
+the end, so an interrupted run leaves no partial checkpoint under the destination and a
+replaced one is only removed once the new one is complete.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .safetensors_stream import FormatError, ShardWriter, TensorEntry, nbytes_of, parse_size, read_header
+
+INDEX = "model.safetensors.index.json"
+SINGLE = "model.safetensors"
+MANIFEST = "lemon_expansion.json"
+BLOCK_BYTES = 64 * 2**20  # output bytes per executor call: large enough to run at memory speed
+DISK_MARGIN = 1.02  # free space wanted beyond the output's size (the filesystem's own overhead)
+# weights in formats lemon does not read: never copied into the output (their sizes would be wrong)
+OTHER_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.h5", "*.msgpack", "*.gguf", "*.safetensors",
+                 "pytorch_model.bin.index.json", "tf_model.h5.index.json", "flax_model.msgpack.index.json")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint lemon refuses, or a destination it will not write to; the message names the
+    file or field and the fix. Raised before any byte is written."""
+
+
+@dataclass
+class SourceCheckpoint:
+    """A checked source directory: its config, the model class the config names, and where each
+    tensor lies (file and byte range)."""
+
+    path: Path
+    config: object
+    model_class: type
+    tensors: dict[str, tuple[Path, TensorEntry]]  # by the model's parameter / buffer name
+    stored: dict[str, str]  # model name -> the name in the file (transformers renames some on load)
+
+    def meta_model(self) -> torch.nn.Module:
+        from .rules import empty_model
+
+        return empty_model(self.model_class, self.config)
+
+
+def _model_class(config, path: Path) -> type:
+    import transformers
+
+    names = getattr(config, "architectures", None) or []
+    for name in names:
+        cls = getattr(transformers, name, None)
+        if isinstance(cls, type):
+            return cls
+    if names:
+        raise CheckpointError(f"{path / 'config.json'}: architectures {names} names no class of the installed "
+                              f"transformers {transformers.__version__}: upgrade transformers, or set "
+                              "\"architectures\" to the model class the weights belong to")
+    raise CheckpointError(f"{path / 'config.json'} has no \"architectures\" field, so the weights' model class is "
+                          "unknown: add e.g. \"architectures\": [\"LlamaForCausalLM\"] (what save_pretrained writes)")
+
+
+def _refuse_pickles(path: Path) -> None:
+    pickles = sorted(p.name for pattern in ("*.bin", "*.pt", "*.pth", "*.ckpt") for p in path.glob(pattern))
+    if pickles:
+        raise CheckpointError(
+            f"{path} holds weights as {', '.join(pickles[:3])}: pickle files, which lemon never loads (loading "
+            "one runs code from the file). Convert a checkpoint you trust to safetensors first, e.g. "
+            f"python -c \"import transformers as t; t.AutoModel.from_pretrained('{path}', use_safetensors=False)"
+            f".save_pretrained('{path}-safetensors')\" (use the checkpoint's own Auto class), then expand that")
+    raise CheckpointError(f"{path} has no {SINGLE} and no {INDEX}: lemon reads checkpoints as transformers' "
+                          "save_pretrained writes them (safetensors, sharded or not)")
+
+
+def _shards(path: Path) -> tuple[list[Path], dict[str, str] | None]:
+    """The safetensors files and, for a sharded checkpoint, its index's weight map."""
+    index = path / INDEX
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+            if not isinstance(weight_map, dict):
+                raise TypeError
+        except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
+            raise CheckpointError(f"{index} is not a valid index (a JSON object with a \"weight_map\" of tensor "
+                                  "name -> shard file): the file is corrupt; re-save the checkpoint") from None
+        files = sorted(set(weight_map.values()))
+        missing = [f for f in files if not (path / f).is_file()]
+        if missing:
+            raise CheckpointError(f"{index} names shard {missing[0]}, which is not in {path}"
+                                  + (f" (nor {len(missing) - 1} more)" if len(missing) > 1 else "")
+                                  + ": the checkpoint is incomplete; copy or download the missing shards")
+        return [path / f for f in files], weight_map
+    if (path / SINGLE).is_file():
+        return [path / SINGLE], None
+    _refuse_pickles(path)
+    raise AssertionError("unreachable")
+
+
+class StoredNames:
+    """Tensor names on disk and in the module. transformers 5 renames some parameters when it
+    loads a checkpoint and back when it saves one (ViT's ``encoder.layer.N.attention.attention.query``
+    is ``layers.N.attention.q_proj`` in the module); lemon plans in module names and reads and
+    writes files in saved names, through transformers' own tables. Only renamings are followed:
+    a checkpoint that needs tensors split or merged on load is refused by name."""
+
+    def __init__(self, meta_model: torch.nn.Module):
+        self.model = meta_model
+        self.state = meta_model.state_dict(keep_vars=True)
+        try:
+            from transformers.conversion_mapping import get_model_conversion_mapping
+            from transformers.core_model_loading import WeightRenaming
+
+            transforms = get_model_conversion_mapping(meta_model)
+        except ImportError:  # a transformers without conversion tables: names are as they are
+            transforms = []
+        self.renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
+        self.converters = [t for t in transforms if not isinstance(t, WeightRenaming)]
+
+    def to_model(self, stored: str) -> str | None:
+        """The module name of a tensor saved as ``stored`` (None: it would need a conversion)."""
+        if not self.renamings and not self.converters:
+            return stored
+        from transformers.core_model_loading import rename_source_key
+
+        name, converted = rename_source_key(stored, self.renamings, self.converters,
+                                            self.model.base_model_prefix, self.state)
+        return None if converted is not None and any(
+            converted in getattr(c, "source_patterns", ()) for c in self.converters) else name
+
+    def to_stored(self, name: str) -> str:
+        """The name save_pretrained gives the module's tensor ``name``."""
+        if not self.renamings and not self.converters:
+            return name
+        from transformers.core_model_loading import revert_weight_conversion
+
+        saved = list(revert_weight_conversion(self.model, {name: self.state[name]}))
+        if len(saved) != 1:
+            raise CheckpointError(f"transformers saves {name} as {saved}: lemon writes renamed tensors only")
+        return saved[0]
+
+
+def open_checkpoint(path: str | os.PathLike) -> SourceCheckpoint:
+    """Read and check a checkpoint directory (config.json + safetensors): every shard complete
+    and well-formed, the index consistent with the shards, and the tensors exactly those (names
+    and shapes) of the model class built from the config. Raises CheckpointError otherwise."""
+    from transformers import AutoConfig
+
+    from .architectures import find_family
+    from .rules import _tie_groups, empty_model
+
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path} is not a directory: pass a checkpoint directory (config.json + "
+                              "*.safetensors), as save_pretrained writes it")
+    if not (path / "config.json").is_file():
+        raise CheckpointError(f"{path} has no config.json: lemon needs the model's config next to its weights")
+    try:
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+    except Exception as error:  # noqa: BLE001  (transformers raises many kinds for a bad config)
+        raise CheckpointError(f"{path / 'config.json'}: transformers cannot read it ({error}); fix or re-save "
+                              "the config") from None
+    try:
+        find_family(config)
+    except ValueError as error:
+        raise CheckpointError(f"{path / 'config.json'}: {error}") from None
+    model_class = _model_class(config, path)
+
+    files, weight_map = _shards(path)
+    tensors: dict[str, tuple[Path, TensorEntry]] = {}
+    for file in files:
+        try:
+            entries, _ = read_header(file)
+        except FormatError as error:
+            raise CheckpointError(f"{error}; re-save or re-download this shard") from None
+        for name, entry in entries.items():
+            if name in tensors:
+                raise CheckpointError(f"tensor {name} is in both {tensors[name][0].name} and {file.name}: the "
+                                      "checkpoint is inconsistent; re-save it")
+            tensors[name] = (file, entry)
+    if weight_map is not None:
+        for name, file in weight_map.items():
+            if name not in tensors or tensors[name][0].name != file:
+                where = f"is in {tensors[name][0].name}" if name in tensors else "is in no shard"
+                raise CheckpointError(f"{path / INDEX} puts tensor {name} in {file}, but it {where}: the index "
+                                      "does not match the shards; re-save the checkpoint")
+        unlisted = sorted(set(tensors) - set(weight_map))
+        if unlisted:
+            raise CheckpointError(f"{path / INDEX} does not list tensor {unlisted[0]} of "
+                                  f"{tensors[unlisted[0]][0].name}: the index does not match the shards")
+
+    meta = empty_model(model_class, config)
+    expected = {name: tuple(t.shape) for name, t in meta.state_dict(keep_vars=True).items()}
+    cls = model_class.__name__
+    names = StoredNames(meta)
+    by_model, stored = {}, {}
+    for saved, located in tensors.items():
+        name = names.to_model(saved)
+        if name is None:
+            raise CheckpointError(f"{located[0]}: tensor {saved} has to be converted (split or merged) by "
+                                  f"transformers on load, which lemon does not stream: load the checkpoint with "
+                                  f"from_pretrained and use lemon.expand")
+        by_model[name], stored[name] = located, saved
+    tensors = by_model
+    unknown = sorted(set(tensors) - set(expected))
+    if unknown:
+        raise CheckpointError(f"{tensors[unknown[0]][0]} holds tensor {stored[unknown[0]]}"
+                              + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else "")
+                              + f", which a {cls} built from config.json does not have: the weights do not "
+                              "match the config (or use parameter names this transformers does not know: load "
+                              "and re-save the checkpoint with it)")
+    for group in _tie_groups(meta):
+        if not any(name in tensors for name in group):
+            raise CheckpointError(f"{path} has no tensor {group[0]}, which a {cls} built from config.json needs: "
+                                  "the checkpoint is incomplete or belongs to another model class")
+    for name, (file, entry) in tensors.items():
+        if entry.shape != expected[name]:
+            raise CheckpointError(f"{file}: tensor {stored[name]} has shape {list(entry.shape)}, but config.json "
+                                  f"makes it {list(expected[name])}: the weights do not match the config")
+    return SourceCheckpoint(path, config, model_class, tensors, stored)
+
+
+def check_destination(source: Path, destination: Path, overwrite: bool) -> None:
+    """The destination must be neither the source nor inside it (nor contain it), and empty or
+    absent unless ``overwrite``."""
+    src, dst = source.resolve(), destination.resolve()
+    if dst == src or src in dst.parents:
+        raise CheckpointError(f"the destination {destination} is {'the source' if dst == src else 'inside the source'} "
+                              f"{source}: write the expansion to a directory outside the source checkpoint")
+    if dst in src.parents:
+        raise CheckpointError(f"the destination {destination} contains the source {source}: replacing it would "
+                              "delete the source; choose another destination")
+    if dst.exists() and not dst.is_dir():
+        raise CheckpointError(f"the destination {destination} is a file: pass a directory path")
+    if dst.is_dir() and any(dst.iterdir()) and not overwrite:
+        raise CheckpointError(f"the destination {destination} is not empty: pass --overwrite (overwrite=True) to "
+                              "replace it once the new checkpoint is complete, or choose a new directory")
+    if not dst.parent.is_dir():
+        raise CheckpointError(f"the destination's parent {destination.parent} does not exist: create it first")
+
+
+@dataclass(frozen=True)
+class OutputTensor:
+    name: str  # in the module
+    stored: str  # in the file (what save_pretrained would call it)
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    source: str  # the source tensor it is made from (module name)
+    plan: object | None  # its TensorPlan; None: a buffer, copied
+
+    @property
+    def nbytes(self) -> int:
+        return nbytes_of(self.dtype, self.shape)
+
+
+def _output_tensors(checkpoint: SourceCheckpoint, meta: torch.nn.Module, plan, dtype) -> list[OutputTensor]:
+    """What the output holds, in the target model's order: each planned tensor once (tied aliases
+    left out, as save_pretrained does) and the source's saved buffers, moved with their layers."""
+    from .architectures import find_family
+    from .model import _source_name
+    from .rules import _tie_groups, empty_model
+
+    present = {}  # a plan's source name -> the name of its tie group that the checkpoint holds
+    for group in _tie_groups(meta):
+        stored = next(name for name in group if name in checkpoint.tensors)
+        present.update({name: stored for name in group})
+    family = find_family(checkpoint.config)
+    target = empty_model(checkpoint.model_class, plan.config)
+    names = StoredNames(target)
+    params = {name for name, _ in target.named_parameters(remove_duplicate=False)}
+    out = []
+    for name, meta_tensor in target.state_dict(keep_vars=True).items():
+        if name in params:
+            if name not in plan.tensors:  # a tied alias: the owner is saved
+                continue
+            tensor_plan = plan.tensors[name]
+            source = present[tensor_plan.source]
+        else:
+            source = _source_name(family, plan.layers, name)
+            if source not in checkpoint.tensors:  # buffers the source did not save are rebuilt on load
+                continue
+            if checkpoint.tensors[source][1].shape != tuple(meta_tensor.shape):
+                raise CheckpointError(f"buffer {name} of the expanded model has shape {list(meta_tensor.shape)}, "
+                                      f"but the source's {source} is {list(checkpoint.tensors[source][1].shape)}")
+            tensor_plan = None
+        stored = checkpoint.tensors[source][1].dtype
+        this_dtype = dtype if dtype is not None and stored.is_floating_point else stored
+        shape = tensor_plan.shape if tensor_plan is not None else checkpoint.tensors[source][1].shape
+        out.append(OutputTensor(name, names.to_stored(name), this_dtype, tuple(shape), source, tensor_plan))
+    return out
+
+
+def _shard(tensors: list[OutputTensor], max_bytes: int) -> list[list[OutputTensor]]:
+    """Consecutive groups of at most ``max_bytes`` (a larger tensor alone), as transformers shards."""
+    shards: list[list[OutputTensor]] = [[]]
+    size = 0
+    for tensor in tensors:
+        if shards[-1] and size + tensor.nbytes > max_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(tensor)
+        size += tensor.nbytes
+    return shards
+
+
+def _shard_names(count: int) -> list[str]:
+    return [SINGLE] if count == 1 else [f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
+
+
+def _small_files(path: Path) -> list[Path]:
+    """What is copied as it is: tokenizer, generation config, README, ... (weights and config not)."""
+    skip = {"config.json", INDEX, MANIFEST}
+    out = []
+    for item in sorted(path.iterdir()):
+        if item.name in skip or item.name.startswith(".") or any(item.match(p) for p in OTHER_WEIGHTS):
+            continue
+        out.append(item)
+    return out
+
+
+def _size_of(item: Path) -> int:
+    if item.is_dir():
+        return sum(f.stat().st_size for f in item.rglob("*") if f.is_file())
+    return item.stat().st_size
+
+
+@dataclass
+class ExpansionResult:
+    """What :func:`expand_checkpoint` did (or, for a dry run, would do)."""
+
+    destination: Path
+    manifest: dict
+    tensors: int
+    output_bytes: int
+    shards: int
+    seconds: float
+    dry_run: bool
+
+    def summary(self) -> str:
+        gb = self.output_bytes / 1e9
+        if self.dry_run:
+            return (f"lemon: dry run: would write {self.tensors} tensors, {gb:.2f} GB in {self.shards} shard(s) "
+                    f"to {self.destination}")
+        return (f"lemon: wrote {self.tensors} tensors, {gb:.2f} GB in {self.shards} shard(s) to {self.destination} "
+                f"in {self.seconds:.1f} s ({gb / max(self.seconds, 1e-9):.2f} GB/s)")
+
+
+def _parse_dtype(dtype) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise CheckpointError(f"dtype {dtype!r} is not one lemon writes: choose one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def expand_checkpoint(source: str | os.PathLike, destination: str | os.PathLike, *,
+                      hidden_size: int | None = None, intermediate_size: int | None = None,
+                      num_attention_heads: int | None = None, num_key_value_heads: int | None = None,
+                      num_hidden_layers: int | None = None, layer_positions: list[int] | None = None,
+                      seed: int = 0, noise_std: float | None = None, backend: str = "auto",
+                      device: str = "cpu", dtype: str | torch.dtype | None = None,
+                      max_shard_size: str | int = "5GB", overwrite: bool = False, dry_run: bool = False,
+                      progress: bool | None = None, block_bytes: int = BLOCK_BYTES,
+                      log=None) -> ExpansionResult:
+    """Expand the checkpoint directory ``source`` into ``destination``: sharded safetensors with
+    an index, the new config.json, the source's other files (tokenizer, generation config, ...)
+    and a manifest, ``lemon_expansion.json``. The weights equal, tensor for tensor,
+    :func:`lemon.expand` of the loaded source with the same arguments (``dtype``: the source's
+    floating tensors cast to it first, as ``from_pretrained(..., dtype=)`` would). Everything is
+    checked before any byte is written; see the module docstring for how it streams.
+    ``log``: where the plan summary and the final line go (default: stderr)."""
+    from . import __version__
+    from .backends import executor
+    from .rules import plan_expansion
+
+    say = log or (lambda text: print(text, file=sys.stderr, flush=True))
+    source, destination = Path(source), Path(destination)
+    dtype = _parse_dtype(dtype)
+    try:
+        max_bytes = parse_size(max_shard_size)
+    except ValueError as error:
+        raise CheckpointError(f"max_shard_size: {error}") from None
+    checkpoint = open_checkpoint(source)
+    check_destination(source, destination, overwrite)
+    meta = checkpoint.meta_model()
+    plan = plan_expansion(meta, hidden_size=hidden_size, intermediate_size=intermediate_size,
+                          num_attention_heads=num_attention_heads, num_key_value_heads=num_key_value_heads,
+                          num_hidden_layers=num_hidden_layers, layer_positions=layer_positions, seed=seed,
+                          noise_std=noise_std)
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CheckpointError("device cuda: this torch sees no CUDA GPU; use device cpu")
+    run = executor(backend, device)
+    tensors = _output_tensors(checkpoint, meta, plan, dtype)
+    shards = _shard(tensors, max_bytes)
+    names = _shard_names(len(shards))
+    output_bytes = sum(t.nbytes for t in tensors)
+    small = _small_files(checkpoint.path)
+    needed = int((output_bytes + sum(_size_of(f) for f in small)) * DISK_MARGIN)
+    free = shutil.disk_usage(destination.parent).free
+    if free < needed and not dry_run:
+        raise CheckpointError(f"{destination.parent} has {free / 1e9:.2f} GB free, the expanded checkpoint needs "
+                              f"{needed / 1e9:.2f} GB: free some space or choose another destination")
+    manifest = _manifest(plan, checkpoint, tensors, names, shards, dtype, __version__)
+    if dry_run:
+        say(_dry_run_text(plan, checkpoint, tensors, shards, run, device, block_bytes, free, needed))
+        return ExpansionResult(destination, manifest, len(tensors), output_bytes, len(shards), 0.0, True)
+
+    start = time.perf_counter()
+    temporary = Path(tempfile.mkdtemp(prefix=f".{destination.name}.lemon-", dir=destination.parent))
+    try:
+        _write_weights(checkpoint, tensors, shards, names, temporary, run, device, block_bytes, progress,
+                       output_bytes)
+        if len(shards) > 1:
+            weight_map = {t.stored: name for shard, name in zip(shards, names) for t in shard}
+            index = {"metadata": {"total_parameters": sum(math.prod(t.shape) for t in tensors if t.plan is not None),
+                                  "total_size": output_bytes}, "weight_map": weight_map}
+            (temporary / INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        config = plan.config
+        if dtype is not None:
+            config.dtype = dtype
+        config.save_pretrained(temporary)
+        for item in small:
+            (shutil.copytree if item.is_dir() else shutil.copy2)(item, temporary / item.name)
+        (temporary / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o777 & ~umask)  # mkdtemp's 0700, made what a plain mkdir would give
+        _commit(temporary, destination)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    result = ExpansionResult(destination, manifest, len(tensors), output_bytes, len(shards),
+                             time.perf_counter() - start, False)
+    say(result.summary())
+    return result
+
+
+def _commit(temporary: Path, destination: Path) -> None:
+    """Put the finished checkpoint in place; a replaced one is removed only after the rename."""
+    if not destination.exists():
+        os.rename(temporary, destination)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{destination.name}.lemon-old-", dir=destination.parent))
+    os.rename(destination, old / destination.name)
+    os.rename(temporary, destination)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+class SourceReader:
+    """Source tensors straight from the memory-mapped shards, without a copy when no cast is
+    asked for. A tensor's pages are dropped from this process once it is released (they stay
+    in the page cache), so the resident memory holds one source tensor at a time."""
+
+    def __init__(self, checkpoint: SourceCheckpoint):
+        self.checkpoint = checkpoint
+        self.maps: dict[Path, tuple[object, int]] = {}  # shard -> (mmap, offset of its data section)
+        self.held: list[tuple[object, int, int]] = []  # mapped ranges in use: (mmap, start, stop)
+
+    def read(self, name: str, dtype: torch.dtype) -> torch.Tensor:
+        import mmap
+        import warnings
+
+        file, entry = self.checkpoint.tensors[name]
+        if file not in self.maps:
+            with open(file, "rb") as f:
+                header = int.from_bytes(f.read(8), "little")
+                self.maps[file] = (mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), 8 + header)
+        mapped, data = self.maps[file]
+        if entry.nbytes == 0:
+            return torch.empty(entry.shape, dtype=entry.dtype).to(dtype)
+        with warnings.catch_warnings():  # read-only memory: lemon never writes to a source tensor
+            warnings.simplefilter("ignore", UserWarning)
+            raw = torch.frombuffer(mapped, dtype=torch.uint8, count=entry.nbytes, offset=data + entry.start)
+        self.held.append((mapped, data + entry.start, data + entry.stop))
+        return raw.view(entry.dtype).view(entry.shape).to(dtype)
+
+    def release(self) -> None:
+        """Drop the pages of every tensor read so far from this process."""
+        import mmap
+
+        for mapped, start, stop in self.held:
+            page = mmap.PAGESIZE
+            first = start - start % page
+            if hasattr(mapped, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+                mapped.madvise(mmap.MADV_DONTNEED, first, stop - first)
+        self.held.clear()
+
+    def close(self) -> None:
+        self.held.clear()
+        for mapped, _ in self.maps.values():
+            try:
+                mapped.close()
+            except BufferError:  # a tensor still points into it: the mapping goes with that tensor
+                pass
+        self.maps.clear()
+
+
+def _write_weights(checkpoint: SourceCheckpoint, tensors, shards, names, directory: Path, run, device,
+                   block_bytes: int, progress, output_bytes: int) -> None:
+    from .progress import show_progress
+
+    largest_row = max((t.nbytes // max(t.plan.view_shape[0], 1) for t in tensors if t.plan is not None), default=0)
+    buffer = torch.empty(max(block_bytes, largest_row), dtype=torch.uint8, device=device)
+    staging = buffer if device.type == "cpu" else torch.empty_like(buffer, device="cpu").pin_memory()
+    elements = sum(math.prod(t.shape) for t in tensors)  # what decides whether a bar shows, as in expand
+    terminal = getattr(sys.stderr, "isatty", lambda: False)()
+    with ExitStack() as stack, tqdm(total=output_bytes, desc="lemon: expanding", unit="B", unit_scale=True,
+                                    file=sys.stderr, disable=not show_progress(progress, elements),
+                                    mininterval=0.1 if terminal else 10.0) as bar:
+        reader = SourceReader(checkpoint)
+        stack.callback(reader.close)
+        done = 0
+        cached: tuple[tuple[str, torch.dtype], torch.Tensor] | None = None  # consecutive reuse (depth copies)
+        for shard, name in zip(shards, names):
+            writer = ShardWriter(directory / name, [(t.stored, t.dtype, t.shape) for t in shard])
+            try:
+                for tensor in shard:
+                    key = (tensor.source, tensor.dtype)
+                    if cached is None or cached[0] != key:
+                        cached = None  # the previous source is freed before the next is read
+                        reader.release()
+                        cached = (key, reader.read(tensor.source, tensor.dtype).to(device))
+                    source = cached[1]
+                    if tensor.plan is None:
+                        writer.write(tensor.stored, source.cpu())
+                    else:
+                        _stream_tensor(tensor, source, run, buffer, staging, writer)
+                    done += 1
+                    bar.update(tensor.nbytes)
+                    bar.set_postfix_str(f"{done}/{len(tensors)} tensors", refresh=False)
+            except BaseException:
+                writer.abort()
+                raise
+            writer.close()
+
+
+def _stream_tensor(tensor: OutputTensor, source: torch.Tensor, run, buffer, staging, writer: ShardWriter) -> None:
+    """The tensor's view rows in blocks of at most the buffer's size, each written as it is made."""
+    plan = tensor.plan
+    rows, cols = plan.view_shape
+    if rows * cols == 0:
+        return
+    itemsize = nbytes_of(tensor.dtype, (1,))
+    per_block = max(1, buffer.numel() // (cols * itemsize))
+    for r0 in range(0, rows, per_block):
+        r1 = min(rows, r0 + per_block)
+        n = (r1 - r0) * cols * itemsize
+        out = buffer[:n].view(tensor.dtype).view(r1 - r0, cols)
+        run(plan.restrict(0, r0, r1), source, out)
+        if staging is not buffer:
+            staging[:n].copy_(buffer[:n])
+        writer.write(tensor.stored, staging[:n])
+
+
+def _ranges(mask: torch.Tensor) -> list[list[int]]:
+    """[start, stop) runs of True in a 1-D bool tensor."""
+    if not bool(mask.any()):
+        return []
+    padded = torch.cat([torch.tensor([False]), mask, torch.tensor([False])]).to(torch.int8)
+    edges = torch.nonzero(padded[1:] - padded[:-1]).flatten().tolist()
+    return [[edges[i], edges[i + 1]] for i in range(0, len(edges), 2)]
+
+
+def _manifest(plan, checkpoint: SourceCheckpoint, tensors, names, shards, dtype, version: str) -> dict:
+    """lemon_expansion.json: what was expanded how, and which elements of each tensor are new
+    (an element of the 2-D view [rows, columns] is new when its row or its column is; every
+    element of an inserted layer is)."""
+    record = {}
+    shard_of = {t.name: name for shard, name in zip(shards, names) for t in shard}
+    for tensor in tensors:
+        if tensor.plan is None:
+            record[tensor.name] = {"source": tensor.source, "shape": list(tensor.shape), "copied_buffer": True,
+                                   "stored_as": tensor.stored, "file": shard_of[tensor.name]}
+            continue
+        p = tensor.plan
+        new_rows, new_cols = (axis.is_new() for axis in p.axes)
+        rows, cols = p.view_shape
+        kept = 0 if p.inserted else int((~new_rows).sum()) * int((~new_cols).sum())
+        record[tensor.name] = {
+            "source": tensor.source, "shape": list(p.shape), "source_shape": list(p.source_shape),
+            "dtype": str(tensor.dtype).removeprefix("torch."), "stored_as": tensor.stored,
+            "file": shard_of[tensor.name],
+            "view": [rows, cols], "inserted": p.inserted, "elements": rows * cols, "new_elements": rows * cols - kept,
+            "new_rows": [[0, rows]] if p.inserted else _ranges(new_rows), "new_columns": _ranges(new_cols),
+        }
+    return {
+        "lemon_version": version, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "source": str(checkpoint.path.resolve()), "model_class": checkpoint.model_class.__name__,
+        "family": plan.family, "source_sizes": plan.source_sizes, "target_sizes": plan.target_sizes,
+        "seed": plan.seed, "noise_std": plan.noise_std,
+        "dtype": None if dtype is None else str(dtype).removeprefix("torch."),
+        "layers": [{"target_layer": t, "source_layer": s, "inserted": inserted}
+                   for t, (s, inserted) in enumerate(plan.layers)],
+        "tied": plan.tied, "notes": plan.notes,
+        "new_elements_rule": "a view element [row, column] is new when its row or its column is in the ranges",
+        "tensors": record,
+    }
+
+
+def _dry_run_text(plan, checkpoint, tensors, shards, run, device, block_bytes: int, free: int, needed: int) -> str:
+    """The plan's summary, the output's size, and a time estimate from one block of a real tensor."""
+    sizes = ", ".join(f"{k} {plan.source_sizes[k]} -> {v}" for k, v in plan.target_sizes.items()
+                      if v != plan.source_sizes[k])
+    inserted = [t for t, (_, ins) in enumerate(plan.layers) if ins]
+    output = sum(t.nbytes for t in tensors)
+    source_bytes = sum(e.nbytes for _, e in checkpoint.tensors.values())
+    lines = [f"lemon: dry run of {checkpoint.path} ({checkpoint.model_class.__name__}, {plan.family}): {sizes}",
+             f"  layers: {len(plan.layers)} ({'inserted at ' + ', '.join(map(str, inserted)) if inserted else 'none inserted'})",
+             f"  {len(tensors)} tensors, {source_bytes / 1e9:.3f} GB -> {output / 1e9:.3f} GB in {len(shards)} shard(s); "
+             f"{free / 1e9:.1f} GB free at the destination, {needed / 1e9:.3f} GB needed"
+             + ("" if free >= needed else " (NOT ENOUGH: the real run would refuse)")]
+    sample = max((t for t in tensors if t.plan is not None), key=lambda t: t.nbytes, default=None)
+    if sample is not None:
+        reader = SourceReader(checkpoint)
+        source = reader.read(sample.source, sample.dtype).to(device=device, copy=True)
+        reader.close()
+        rows, cols = sample.plan.view_shape
+        itemsize = nbytes_of(sample.dtype, (1,))
+        block = max(1, min(rows, block_bytes // max(cols * itemsize, 1)))
+        out = torch.empty(block, cols, dtype=sample.dtype, device=device)
+        run(sample.plan.restrict(0, 0, block), source, out)  # warm-up
+        start = time.perf_counter()
+        run(sample.plan.restrict(0, 0, block), source, out)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        rate = out.numel() * itemsize / max(time.perf_counter() - start, 1e-9)
+        lines.append(f"  estimate: ~{output / rate:.1f} s of expansion ({rate / 1e9:.2f} GB/s, measured on a block of "
+                     f"{sample.name}), plus reading {source_bytes / 1e9:.2f} GB and writing {output / 1e9:.2f} GB")
+    lines.append("  nothing was written")
+    return "\n".join(lines)
+
+
+def read_manifest(path: Path) -> dict | None:
+    file = Path(path) / MANIFEST
+    if not file.is_file():
+        return None
+    try:
+        return json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise CheckpointError(f"{file} is not valid JSON: the manifest is corrupt (lemon expand writes it)") from None
+
+
+def default_tolerance(checkpoint: SourceCheckpoint) -> float:
+    """The relative output difference ``verify_checkpoint`` accepts: fp32 round-off for fp32
+    weights; for 16-bit weights, the rounding of the scaled and noisy weights to 16 bits."""
+    dtypes = {entry.dtype for _, entry in checkpoint.tensors.values() if entry.dtype.is_floating_point}
+    return 1e-5 if dtypes <= {torch.float32, torch.float64} else 5e-2
+
+
+def _inputs(checkpoint: SourceCheckpoint, token_ids: list[int] | None, image: str | None) -> tuple[dict | None, str]:
+    if token_ids is not None and image is not None:
+        raise CheckpointError("pass token ids or an image, not both")
+    if token_ids is not None:
+        vocab = getattr(checkpoint.config, "vocab_size", None)
+        bad = [i for i in token_ids if i < 0 or (vocab is not None and i >= vocab)]
+        if not token_ids or bad:
+            raise CheckpointError(f"token ids must be a non-empty list in [0, {vocab}); got {bad or token_ids}")
+        return {"input_ids": torch.tensor([token_ids])}, f"the {len(token_ids)} token ids given"
+    if image is not None:
+        try:
+            from PIL import Image
+            from transformers import AutoImageProcessor
+
+            processor = AutoImageProcessor.from_pretrained(checkpoint.path, local_files_only=True)
+            pixels = processor(images=Image.open(image).convert("RGB"), return_tensors="pt")["pixel_values"]
+        except Exception as error:  # noqa: BLE001  (no PIL, no processor config, unreadable image)
+            raise CheckpointError(f"cannot make pixel values from {image} with {checkpoint.path}'s image processor "
+                                  f"({type(error).__name__}: {error}): the source checkpoint needs a "
+                                  "preprocessor_config.json, and Pillow must be installed") from None
+        return {"pixel_values": pixels}, f"the image {image}"
+    return None, "random inputs"
+
+
+def verify_checkpoint(source: str | os.PathLike, destination: str | os.PathLike, *, tolerance: float | None = None,
+                      token_ids: list[int] | None = None, image: str | None = None, log=None) -> tuple[object, float]:
+    """Load both checkpoints (in fp32), run them on the same inputs (random by default, or the
+    token ids or image given) and compare outputs and every source layer's hidden state, lined up
+    through the destination's manifest. Prints the comparison; returns (report, tolerance): the
+    check passed when ``report.output_relative <= tolerance``."""
+    from .verification import random_inputs, verify
+
+    say = log or print
+    src, dst = open_checkpoint(source), open_checkpoint(destination)
+    if tolerance is None:
+        tolerance = max(default_tolerance(src), default_tolerance(dst))
+    manifest = read_manifest(dst.path)
+    layers = None if manifest is None else [(entry["source_layer"], entry["inserted"]) for entry in manifest["layers"]]
+    inputs, what = _inputs(src, token_ids, image)
+    small = src.model_class.from_pretrained(src.path, dtype=torch.float32, local_files_only=True)
+    big = dst.model_class.from_pretrained(dst.path, dtype=torch.float32, local_files_only=True)
+    if inputs is None:
+        inputs = random_inputs(small)
+    report = verify(small, big, inputs, layers)
+    lines = [f"lemon verify: {src.path} ({src.model_class.__name__}, {small.config.num_hidden_layers} layers) vs "
+             f"{dst.path} ({big.config.num_hidden_layers} layers); layers lined up by "
+             f"{MANIFEST if layers else 'spreading them evenly (no ' + MANIFEST + ')'}; {what}; both run in fp32",
+             f"  output {report.output_name}: max |delta| {report.output_max_abs:.3e}, mean |delta| "
+             f"{report.output_mean_abs:.3e}, relative max {report.output_relative:.3e}"]
+    lines += [f"  output {name}: relative max {value:.3e}" for name, value in report.outputs.items()
+              if name != report.output_name]
+    ends = {}
+    for t, (s, _) in enumerate(layers or []):
+        ends[s] = t
+    for s, (worst, mean) in enumerate(zip(report.layer_max_abs, report.layer_mean_abs)):
+        where = f" -> target layer {ends[s]}" if ends else ""
+        lines.append(f"  hidden state after source layer {s}{where}: max |delta| {worst:.3e}, mean |delta| {mean:.3e}")
+    verdict = "PASS" if report.output_relative <= tolerance else "FAIL"
+    lines.append(f"  {verdict}: relative max output difference {report.output_relative:.3e} "
+                 f"{'<=' if verdict == 'PASS' else '>'} tolerance {tolerance:.1e}")
+    say("\n".join(lines))
+    return report, tolerance

@@ -1,0 +1,382 @@
+"""Checkpoint directories: `lemon expand SRC DST` / `lemon verify SRC DST` and their functions.
+
+Every family round-trips through a sharded checkpoint made here (tiny max_shard_size): the output
+loads with from_pretrained and equals lemon.expand of the loaded source, tensor for tensor. Each
+refusal happens before anything is written, and the source's files never change.
+"""
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import lemon
+from lemon import checkpoint as ckpt
+from lemon.checkpoint import CheckpointError, expand_checkpoint, open_checkpoint, verify_checkpoint
+from lemon.safetensors_stream import FormatError, ShardWriter, parse_size, read_header
+
+from conftest import make_model
+
+SIZES = {  # per family: width, FFN, heads and depth at once (BERT: x2, its post-LN needs multiples)
+    "llama": dict(hidden_size=48, intermediate_size=96, num_attention_heads=6, num_key_value_heads=3,
+                  num_hidden_layers=4),
+    "gpt2": dict(hidden_size=48, intermediate_size=96, num_attention_heads=6, num_hidden_layers=3),
+    "bert": dict(hidden_size=64, intermediate_size=128, num_attention_heads=8, num_hidden_layers=4),
+    "vit": dict(hidden_size=48, intermediate_size=96, num_attention_heads=6, num_hidden_layers=3),
+}
+
+
+def save(name: str, directory: Path, shard: str = "8KB", dtype=torch.float32) -> Path:
+    model = make_model(name, dtype=dtype)
+    model.save_pretrained(directory, max_shard_size=shard)
+    (directory / "tokenizer.json").write_text('{"model": "not a real tokenizer"}')  # a small file to copy
+    return directory
+
+
+def digest(directory: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir()) if p.is_file()}
+
+
+def load(directory: Path, dtype=None):
+    source = open_checkpoint(directory)
+    kwargs = {} if dtype is None else {"dtype": dtype}
+    return source.model_class.from_pretrained(directory, local_files_only=True, **kwargs).eval()
+
+
+@pytest.mark.parametrize("family", list(SIZES))
+def test_round_trip_equals_lemon_expand_of_the_loaded_source(family, tmp_path):
+    src = save(family, tmp_path / "src")
+    before = digest(src)
+    dst = tmp_path / "dst"
+    sizes = SIZES[family]
+    result = expand_checkpoint(src, dst, **sizes, seed=3, max_shard_size="20KB", progress=False, log=lambda _: None)
+    assert digest(src) == before  # the source is never modified
+
+    files = sorted(p.name for p in dst.iterdir())
+    assert result.shards > 1 and "model.safetensors.index.json" in files
+    assert {"config.json", "tokenizer.json", "lemon_expansion.json"} <= set(files)
+    big = load(dst)
+    want = lemon.expand(load(src), **sizes, seed=3, progress=False)
+    got = big.state_dict()
+    for name, tensor in want.state_dict().items():
+        assert torch.equal(got[name], tensor), name
+    same = ("_name_or_path", "dtype")  # where it was loaded from; the dtype it was loaded in
+    assert {k: v for k, v in big.config.to_dict().items() if k not in same} == \
+        {k: v for k, v in want.config.to_dict().items() if k not in same}
+
+    report, tolerance = verify_checkpoint(src, dst, log=lambda _: None)
+    assert report.output_relative <= tolerance == 1e-5, report
+
+
+def test_blocks_and_dtype_give_the_same_bits_as_the_whole_model(tmp_path):
+    """Row blocks of a few hundred bytes (every tensor cut up) and --dtype bfloat16 (the source
+    cast first, as from_pretrained(dtype=) does) against lemon.expand of the cast model."""
+    src = save("llama", tmp_path / "src")
+    dst = tmp_path / "dst"
+    sizes = SIZES["llama"]
+    expand_checkpoint(src, dst, **sizes, dtype="bfloat16", block_bytes=256, progress=False, log=lambda _: None)
+    big = load(dst, dtype=torch.bfloat16)
+    assert big.config.dtype == torch.bfloat16 and json.loads((dst / "config.json").read_text())["dtype"] == "bfloat16"
+    want = lemon.expand(load(src).to(torch.bfloat16), **sizes, progress=False)
+    got = big.state_dict()
+    for name, tensor in want.state_dict().items():
+        assert got[name].dtype == torch.bfloat16 and torch.equal(got[name], tensor), name
+    report, tolerance = verify_checkpoint(src, dst, log=lambda _: None)
+    assert report.output_relative <= tolerance, report  # 16-bit weights: the default tolerance is 5e-2
+
+
+def test_the_manifest_records_the_expansion(tmp_path):
+    src = save("gpt2", tmp_path / "src")
+    dst = tmp_path / "dst"
+    expand_checkpoint(src, dst, hidden_size=48, num_attention_heads=6, num_hidden_layers=4, layer_positions=[1, 3],
+                      seed=7, noise_std=0.01, progress=False, log=lambda _: None)
+    manifest = json.loads((dst / "lemon_expansion.json").read_text())
+    assert manifest["lemon_version"] == lemon.__version__ and manifest["seed"] == 7 and manifest["noise_std"] == 0.01
+    assert manifest["source"] == str(src.resolve()) and manifest["model_class"] == "GPT2LMHeadModel"
+    assert manifest["target_sizes"]["hidden_size"] == 48 and manifest["source_sizes"]["hidden_size"] == 32
+    assert [(e["target_layer"], e["source_layer"], e["inserted"]) for e in manifest["layers"]] == [
+        (0, 0, False), (1, 0, True), (2, 1, False), (3, 1, True)]
+    plan = lemon.expand_plan(load(src), hidden_size=48, num_attention_heads=6, num_hidden_layers=4,
+                             layer_positions=[1, 3], seed=7, noise_std=0.01)
+    assert set(manifest["tensors"]) == set(plan.tensors)
+    for name, entry in manifest["tensors"].items():
+        mask = plan.tensors[name].new_mask().reshape(entry["view"])
+        assert entry["new_elements"] == int(mask.sum()), name
+        rows = torch.zeros(entry["view"][0], dtype=torch.bool)
+        cols = torch.zeros(entry["view"][1], dtype=torch.bool)
+        for a, b in entry["new_rows"]:
+            rows[a:b] = True
+        for a, b in entry["new_columns"]:
+            cols[a:b] = True
+        assert torch.equal(rows[:, None] | cols[None, :], mask), name  # the ranges give the mask back
+
+
+def test_verify_lines_up_custom_layer_positions_after_a_reload(tmp_path):
+    src = save("llama", tmp_path / "src")
+    dst = tmp_path / "dst"
+    expand_checkpoint(src, dst, num_hidden_layers=5, layer_positions=[2, 3, 4], progress=False, log=lambda _: None)
+    lines = []
+    report, _ = verify_checkpoint(src, dst, log=lines.append)
+    assert max(report.layer_max_abs) <= 1e-5 * max(1.0, report.output_scale), report
+    assert "after source layer 0 -> target layer 0:" in lines[0] and "PASS" in lines[0]  # new layers follow layer 1
+    (dst / "lemon_expansion.json").unlink()  # without the map, layers are assumed spread evenly: wrong here
+    report, _ = verify_checkpoint(src, dst, log=lambda _: None)
+    assert max(report.layer_max_abs) > 1e-2
+
+
+def test_verify_takes_token_ids_and_fails_past_its_tolerance(tmp_path):
+    src = save("gpt2", tmp_path / "src")
+    dst = tmp_path / "dst"
+    expand_checkpoint(src, dst, hidden_size=64, num_attention_heads=8, progress=False, log=lambda _: None)
+    report, _ = verify_checkpoint(src, dst, token_ids=[1, 5, 9, 2], log=lambda _: None)
+    assert 0 < report.output_relative <= 1e-5
+    with pytest.raises(CheckpointError, match="token ids must be"):
+        verify_checkpoint(src, dst, token_ids=[1, 500], log=lambda _: None)
+    run = cli("verify", src, dst, "--tolerance", "0")
+    assert run.returncode == 1 and "FAIL" in run.stdout
+
+
+def test_verify_runs_an_image_through_the_source_image_processor(tmp_path):
+    Image = pytest.importorskip("PIL.Image", reason="Pillow is needed to read an image")
+    from transformers import ViTImageProcessorPil
+
+    src = save("vit", tmp_path / "src")
+    ViTImageProcessorPil(size={"height": 16, "width": 16}).save_pretrained(src)
+    dst = tmp_path / "dst"
+    expand_checkpoint(src, dst, hidden_size=64, num_attention_heads=8, progress=False, log=lambda _: None)
+    assert (dst / "preprocessor_config.json").is_file()  # copied with the other small files
+    picture = tmp_path / "picture.png"
+    Image.fromarray((torch.rand(20, 24, 3) * 255).to(torch.uint8).numpy()).save(picture)
+    lines = []
+    report, tolerance = verify_checkpoint(src, dst, image=str(picture), log=lines.append)
+    assert report.output_relative <= tolerance and f"the image {picture}" in lines[0]
+    with pytest.raises(CheckpointError, match="cannot make pixel values"):
+        verify_checkpoint(src, dst, image=str(tmp_path / "missing.png"), log=lambda _: None)
+
+
+def test_device_cuda_without_a_gpu_is_refused(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the refusal cannot happen")
+    src = save("llama", tmp_path / "src")
+    with pytest.raises(CheckpointError, match="sees no CUDA GPU"):
+        expand_checkpoint(src, tmp_path / "dst", hidden_size=48, device="cuda", progress=False, log=lambda _: None)
+    assert not (tmp_path / "dst").exists()
+
+
+def test_an_existing_destination_is_replaced_only_with_overwrite_and_only_when_complete(tmp_path):
+    src = save("llama", tmp_path / "src")
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    (dst / "keep.txt").write_text("the user's")
+    with pytest.raises(CheckpointError, match="not empty.*--overwrite"):
+        expand_checkpoint(src, dst, hidden_size=48, progress=False, log=lambda _: None)
+    assert (dst / "keep.txt").read_text() == "the user's"
+    expand_checkpoint(src, dst, hidden_size=48, overwrite=True, progress=False, log=lambda _: None)
+    assert not (dst / "keep.txt").exists() and (dst / "config.json").is_file()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert dst.stat().st_mode & 0o777 == 0o777 & ~umask  # as mkdir makes it, not the temporary's 0700
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dst", "src"]  # no temporary left beside it
+
+
+def test_an_interrupted_run_leaves_no_checkpoint_and_keeps_the_old_one(tmp_path, monkeypatch):
+    src = save("llama", tmp_path / "src")
+    dst = tmp_path / "dst"
+    calls = []
+    write = ShardWriter.write
+
+    def interrupted(self, name, block):
+        calls.append(name)
+        if len(calls) == 5:
+            raise KeyboardInterrupt  # Ctrl-C in the middle of the weights
+        return write(self, name, block)
+
+    monkeypatch.setattr(ShardWriter, "write", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        expand_checkpoint(src, dst, hidden_size=48, max_shard_size="8KB", progress=False, log=lambda _: None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]  # no DST, no temporary directory
+
+    dst.mkdir()
+    (dst / "previous.txt").write_text("an earlier expansion")
+    calls.clear()
+    with pytest.raises(KeyboardInterrupt):
+        expand_checkpoint(src, dst, hidden_size=48, overwrite=True, progress=False, log=lambda _: None)
+    assert [p.name for p in dst.iterdir()] == ["previous.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dst", "src"]
+
+
+def test_a_killed_run_leaves_nothing_under_the_destination(tmp_path):
+    """SIGKILL (no cleanup runs): the destination does not exist; only a hidden temporary does."""
+    src = save("llama", tmp_path / "src")
+    dst = tmp_path / "dst"
+    code = ("import sys, lemon.safetensors_stream as s, os, signal\n"
+            "w = s.ShardWriter.write\n"
+            "def kill(self, name, block):\n"
+            "    w(self, name, block); os.kill(os.getpid(), signal.SIGKILL)\n"
+            "s.ShardWriter.write = kill\n"
+            "from lemon.cli import main\n"
+            f"main(['expand', {str(src)!r}, {str(dst)!r}, '--hidden-size', '48'])\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == -9, run.stderr
+    assert not dst.exists()
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name != "src"]
+    assert leftovers and all(name.startswith(".dst.lemon-") for name in leftovers)
+
+
+def corrupt(directory: Path, how: str) -> None:
+    shards = sorted(directory.glob("model-*.safetensors"))
+    if how == "truncated":
+        data = shards[1].read_bytes()
+        shards[1].write_bytes(data[:-10])
+    elif how == "garbage header":
+        data = bytearray(shards[0].read_bytes())
+        data[8:20] = b"not json!!!!"
+        shards[0].write_bytes(bytes(data))
+    elif how == "missing shard":
+        shards[-1].unlink()
+    elif how == "extra tensor":
+        from safetensors.torch import save_file
+
+        index = json.loads((directory / "model.safetensors.index.json").read_text())
+        save_file({"model.extra.weight": torch.zeros(3)}, str(directory / "extra.safetensors"), metadata={"format": "pt"})
+        index["weight_map"]["model.extra.weight"] = "extra.safetensors"
+        (directory / "model.safetensors.index.json").write_text(json.dumps(index))
+    elif how == "wrong shape":
+        config = json.loads((directory / "config.json").read_text())
+        config["intermediate_size"] = 80
+        (directory / "config.json").write_text(json.dumps(config))
+    elif how == "unsupported family":
+        config = json.loads((directory / "config.json").read_text())
+        config["model_type"], config["architectures"] = "t5", ["T5ForConditionalGeneration"]
+        (directory / "config.json").write_text(json.dumps(config))
+    elif how == "pickle weights":
+        for f in directory.glob("*.safetensors*"):
+            f.unlink()
+        (directory / "pytorch_model.bin").write_bytes(b"\x80\x04not really a pickle")
+    elif how == "no config":
+        (directory / "config.json").unlink()
+    elif how == "index out of step":
+        index = json.loads((directory / "model.safetensors.index.json").read_text())
+        name = next(iter(index["weight_map"]))
+        index["weight_map"][name] = next(f for f in set(index["weight_map"].values()) if f != index["weight_map"][name])
+        (directory / "model.safetensors.index.json").write_text(json.dumps(index))
+
+
+@pytest.mark.parametrize("how,message", [
+    ("truncated", r"model-00002-of-\d+\.safetensors: .*truncated"),
+    ("garbage header", r"model-00001-of-\d+\.safetensors: the header is not valid JSON"),
+    ("missing shard", r"names shard model-\d+-of-\d+\.safetensors, which is not in"),
+    ("extra tensor", r"holds tensor model\.extra\.weight, which a LlamaForCausalLM built from config\.json does not"),
+    ("wrong shape", r"tensor model\.layers\.0\.mlp\.\w+_proj\.weight has shape .* config\.json makes it"),
+    ("unsupported family", r"config\.json: lemon cannot expand model_type 't5'"),
+    ("pickle weights", r"pytorch_model\.bin: pickle files, which lemon never loads.*save_pretrained"),
+    ("no config", r"has no config\.json"),
+    ("index out of step", r"puts tensor .* but it is in"),
+])
+def test_bad_checkpoints_are_refused_naming_the_file_before_anything_is_written(how, message, tmp_path):
+    src = save("llama", tmp_path / "src")
+    corrupt(src, how)
+    before = digest(src)
+    dst = tmp_path / "dst"
+    with pytest.raises(CheckpointError, match=message):
+        expand_checkpoint(src, dst, hidden_size=48, progress=False, log=lambda _: None)
+    assert not dst.exists() and digest(src) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+@pytest.mark.parametrize("where,kwargs,message", [
+    ("same", {}, "is the source"),
+    ("inside", {}, "is inside the source"),
+    ("parent", {"overwrite": True}, "contains the source"),
+    ("tmp", {"hidden_size": 20}, "hidden_size"),  # smaller than the source
+    ("tmp", {"num_attention_heads": 5}, "num_attention_heads"),
+    ("tmp", {"hidden_size": 48, "dtype": "int8"}, "dtype 'int8' is not one lemon writes"),
+    ("tmp", {"hidden_size": 48, "max_shard_size": "5 potatoes"}, "cannot read the size"),
+])
+def test_bad_requests_are_refused_before_anything_is_written(where, kwargs, message, tmp_path):
+    src = save("llama", tmp_path / "src")
+    before = digest(src)
+    dst = {"same": src, "inside": src / "big", "parent": tmp_path, "tmp": tmp_path / "dst"}[where]
+    with pytest.raises((CheckpointError, ValueError), match=message):
+        expand_checkpoint(src, dst, **{"hidden_size": 48, **kwargs}, progress=False, log=lambda _: None)
+    assert digest(src) == before and not (tmp_path / "dst").exists() and not (src / "big").exists()
+    assert sorted(p.name for p in src.iterdir()) == sorted(before)
+
+
+def test_too_little_disk_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    src = save("llama", tmp_path / "src")
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(ckpt.shutil, "disk_usage", lambda _: usage(10**12, 10**12 - 1000, 1000))  # 1 kB free
+    with pytest.raises(CheckpointError, match=r"0\.00 GB free, the expanded checkpoint needs"):
+        expand_checkpoint(src, tmp_path / "dst", hidden_size=48, progress=False, log=lambda _: None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+# ------------------------------------------------------------------------------- the command line
+
+def cli(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lemon", *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, "LEMON_PROGRESS": "0"})
+
+
+def test_the_command_line_expands_verifies_and_dry_runs(tmp_path):
+    src = save("llama", tmp_path / "src")
+    dst = tmp_path / "dst"
+    dry = cli("expand", src, dst, "--hidden-size", "48", "--num-hidden-layers", "3", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "dry run" in dry.stderr and "estimate" in dry.stderr and "nothing was written" in dry.stderr
+    assert not dst.exists()
+    run = cli("expand", src, dst, "--hidden-size", "48", "--num-hidden-layers", "3", "--layer-positions", "1",
+              "--seed", "5", "--noise-std", "0.03", "--backend", "reference", "--max-shard-size", "10KB",
+              "--dtype", "float32", "--progress")
+    assert run.returncode == 0, run.stderr
+    assert "lemon: expanding" in run.stderr and "GB/s" in run.stderr.splitlines()[-1]
+    check = cli("verify", src, dst)
+    assert check.returncode == 0 and "PASS" in check.stdout, check.stdout + check.stderr
+    want = lemon.expand(load(src), hidden_size=48, num_hidden_layers=3, layer_positions=[1], seed=5,
+                        noise_std=0.03, backend="cpp", progress=False)
+    got = load(dst).state_dict()
+    assert all(torch.equal(got[n], t) for n, t in want.state_dict().items())  # reference wrote cpp's bits
+    refused = cli("expand", src, dst, "--hidden-size", "48")
+    assert refused.returncode == 2 and "not empty" in refused.stderr and "Traceback" not in refused.stderr
+
+
+# ------------------------------------------------------------------------------- the file format
+
+def test_shard_writer_streams_a_file_safetensors_reads(tmp_path):
+    from safetensors.torch import load_file
+
+    tensors = {"a": torch.randn(5, 7), "b": torch.randn(3).to(torch.bfloat16), "c": torch.empty(0, 4),
+               "d": torch.arange(10, dtype=torch.int64)}
+    writer = ShardWriter(tmp_path / "x.safetensors", [(n, t.dtype, tuple(t.shape)) for n, t in tensors.items()])
+    writer.write("a", tensors["a"][:2])
+    writer.write("a", tensors["a"][2:])
+    writer.write("b", tensors["b"])
+    with pytest.raises(RuntimeError, match="got bytes of a, expected d"):
+        writer.write("a", tensors["a"])
+    writer.write("d", tensors["d"])
+    writer.close()
+    loaded = load_file(str(tmp_path / "x.safetensors"))
+    assert all(torch.equal(loaded[n], t) for n, t in tensors.items())
+    entries, metadata = read_header(tmp_path / "x.safetensors")
+    assert metadata == {"format": "pt"} and entries["a"].shape == (5, 7)
+    incomplete = ShardWriter(tmp_path / "y.safetensors", [("a", torch.float32, (2,))])
+    with pytest.raises(RuntimeError, match="closed before a was written"):
+        incomplete.close()
+    (tmp_path / "z.safetensors").write_bytes(b"\x01")
+    with pytest.raises(FormatError, match="too short"):
+        read_header(tmp_path / "z.safetensors")
+
+
+def test_sizes_are_read_like_transformers_reads_them():
+    assert parse_size("5GB") == 5 * 10**9 and parse_size("500MB") == 5 * 10**8 and parse_size("2GiB") == 2 * 2**30
+    assert parse_size("1000") == 1000 and parse_size(7) == 7
+    with pytest.raises(ValueError, match="cannot read the size"):
+        parse_size("lots")
