@@ -55,6 +55,7 @@ class UnitMaps:
     heads: torch.Tensor
     kv: torch.Tensor
     ffn: torch.Tensor
+    qkv_heads: torch.Tensor  # per head its q, k and v rows together (GPT-NeoX's fused projection)
 
     @classmethod
     def build(cls, source: Sizes, target: Sizes, twins: bool) -> "UnitMaps":
@@ -65,7 +66,8 @@ class UnitMaps:
         period = maps.twin_period(n_ffn, t_ffn) if twins else n_ffn
         return cls(heads=maps.blocks(q_units, source.head_dim),
                    kv=maps.blocks(kv_units, source.head_dim),
-                   ffn=maps.circular(t_ffn, period))
+                   ffn=maps.circular(t_ffn, period),
+                   qkv_heads=maps.blocks(q_units, 3 * source.head_dim))
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,9 @@ class Rules:
             q_width = self.source.num_attention_heads * self.source.head_dim
             kv_width = self.source.num_key_value_heads * self.source.head_dim
             return torch.cat([units.heads, q_width + units.kv, q_width + kv_width + units.kv])
-        return {"heads": units.heads, "kv": units.kv, "ffn": units.ffn}[kind]
+        if kind == "ffn_pair":  # [gate; up]: both halves through the same neuron map
+            return torch.cat([units.ffn, self.source.intermediate_size + units.ffn])
+        return {"heads": units.heads, "kv": units.kv, "ffn": units.ffn, "qkv_heads": units.qkv_heads}[kind]
 
     def axis(self, kind: str, length: int, units: UnitMaps) -> Axis:
         if kind in SPLIT_KINDS:
@@ -112,18 +116,28 @@ class Rules:
             return Axis(index, torch.full((index.numel(),), self.eta, dtype=torch.float64))
         return Axis(index)
 
+    def query_rows(self, kind: str, length: int) -> torch.Tensor | None:
+        """Which target indices of an axis of this kind are query-projection outputs (None: no
+        axis of this kind holds any)."""
+        index, hd = torch.arange(length), self.target.head_dim
+        if kind == "heads":
+            return index >= 0
+        if kind == "qkv":
+            return index < self.target.num_attention_heads * hd
+        if kind == "qkv_heads":
+            return index % (3 * hd) < hd
+        return None
+
     def plan(self, name: str, source_name: str, source_shape: tuple[int, ...], role: Role,
              units: UnitMaps, inserted: bool = False, identity_norm: bool = False,
              query_scale: float = 1.0) -> TensorPlan:
         view = (math.prod(source_shape[: role.split]), math.prod(source_shape[role.split:]))
         axes = [self.axis(kind, view[a], units) for a, kind in enumerate(role.axes)]
         if query_scale != 1.0:  # the query rows, in q_proj or the q section of a fused q/k/v
-            n_query = self.target.num_attention_heads * self.target.head_dim
             for a, kind in enumerate(role.axes):
-                if kind in ("heads", "qkv"):
-                    factor = torch.ones(len(axes[a]), dtype=torch.float64)
-                    factor[:n_query] = query_scale
-                    axes[a] = _scaled(axes[a], factor)
+                rows = self.query_rows(kind, len(axes[a]))
+                if rows is not None:
+                    axes[a] = _scaled(axes[a], torch.where(rows, query_scale, 1.0).to(torch.float64))
         if identity_norm:  # post-norm depth: gain 1, bias 0
             axes[1] = Axis(torch.full_like(axes[1].source, ONE if role.axes[1] == "norm" else ZERO))
         if role.tag == "final_norm" and self.tied_head:
@@ -173,8 +187,12 @@ def target_config(family: Family, config, source: Sizes, target: Sizes, layers):
             setattr(cfg, field, getattr(target, size_name))
     if family.head_dim_field:  # RoPE and the attention scale read it: keep it explicit
         setattr(cfg, family.head_dim_field, target.head_dim)
-    eps = getattr(config, family.eps_field)
-    setattr(cfg, family.eps_field, eps * maps.eta(source.hidden_size, target.hidden_size) ** 2)
+    if family.eps_field is not None:  # without one, spec.resolve allowed integer multiples only (eta = 1)
+        eps = getattr(config, family.eps_field)
+        setattr(cfg, family.eps_field, eps * maps.eta(source.hidden_size, target.hidden_size) ** 2)
+    for name in family.follows_hidden:  # e.g. OPT's word-embedding width: no projection stays none
+        if getattr(config, name, None) == source.hidden_size:
+            setattr(cfg, name, target.hidden_size)
     if target.num_hidden_layers != source.num_hidden_layers:
         for key in list(config.to_dict()):
             value = getattr(config, key, None)
@@ -227,6 +245,12 @@ def plan_expansion(model: torch.nn.Module, *, hidden_size=None, intermediate_siz
         tied_head |= len(producers) < len(group)
         tied.update({n: owner for n in group if n != owner})
 
+    if tied_head and target.hidden_size != source.hidden_size and not any(
+            role.tag == "final_norm" for role, _ in roles.values()):
+        raise ValueError(f"{type(model).__name__}'s output head is tied to the embeddings and reads the last "
+                         "layer's output with no final norm between them: a norm is where the 1/k that the k "
+                         "stream copies need is put (without it the logits come out multiplied by k), so widening "
+                         "this model cannot be lossless. Keep hidden_size, or untie the head")
     layers = maps.layers(source.num_hidden_layers, target.num_hidden_layers, layer_positions)
     new_config = target_config(family, config, source, target, layers)
     check_config_accepts(new_config, source, target)

@@ -171,6 +171,11 @@ def resolve(family: Family, source: Sizes, requested: dict, layer_positions) -> 
                 f"or hidden_size={heads * hd}")
         heads = hidden // hd
     heads = heads or source.num_attention_heads
+    if family.eps_field is None and hidden % source.hidden_size:
+        raise ValueError(
+            f"{family.name}'s norm eps is fixed in transformers' code (no config field), and widening "
+            f"{source.hidden_size} -> {hidden} (not a multiple) needs it scaled by eta^2 to stay lossless; "
+            f"choose hidden_size={_multiples_near(hidden, source.hidden_size, 2 * source.hidden_size)}")
     if family.post_norm and hidden % source.hidden_size:
         raise ValueError(
             f"{family.name} is post-LayerNorm: widening {source.hidden_size} -> {hidden} is lossless only "

@@ -68,6 +68,22 @@ def _config_and_class(name: str):
         return T.MistralConfig(**LLAMA_SIZES), T.MistralForCausalLM
     if name == "qwen2":
         return T.Qwen2Config(**LLAMA_SIZES), T.Qwen2ForCausalLM
+    if name in ("gpt_neox", "gpt_neox_sequential", "gpt_neox_classifier"):
+        cls = {"gpt_neox": T.GPTNeoXForCausalLM, "gpt_neox_sequential": T.GPTNeoXForCausalLM,
+               "gpt_neox_classifier": T.GPTNeoXForSequenceClassification}[name]
+        return T.GPTNeoXConfig(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2,
+                               vocab_size=97, max_position_embeddings=64, pad_token_id=0, num_labels=3,
+                               use_parallel_residual=name != "gpt_neox_sequential"), cls
+    if name in ("opt", "opt_projected", "opt_post_ln", "opt_classifier"):
+        extra = {"opt_projected": dict(word_embed_proj_dim=16),
+                 "opt_post_ln": dict(word_embed_proj_dim=16, do_layer_norm_before=False)}.get(name, {})
+        return (T.OPTConfig(hidden_size=32, ffn_dim=64, num_attention_heads=4, num_hidden_layers=2, vocab_size=97,
+                            max_position_embeddings=64, pad_token_id=1, num_labels=3, **extra),
+                T.OPTForSequenceClassification if name == "opt_classifier" else T.OPTForCausalLM)
+    if name in ("phi3", "phi3_classifier"):
+        return (T.Phi3Config(**LLAMA_SIZES, pad_token_id=0, max_position_embeddings=64,
+                             original_max_position_embeddings=64, num_labels=3),
+                T.Phi3ForSequenceClassification if name == "phi3_classifier" else T.Phi3ForCausalLM)
     raise KeyError(name)
 
 

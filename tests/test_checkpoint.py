@@ -30,6 +30,11 @@ SIZES = {  # per family: width, FFN, heads and depth at once (BERT: x2, its post
     "gpt2": dict(hidden_size=48, intermediate_size=96, num_attention_heads=6, num_hidden_layers=3),
     "bert": dict(hidden_size=64, intermediate_size=128, num_attention_heads=8, num_hidden_layers=4),
     "vit": dict(hidden_size=48, intermediate_size=96, num_attention_heads=6, num_hidden_layers=3),
+    "gpt_neox": dict(hidden_size=48, intermediate_size=96, num_attention_heads=6, num_hidden_layers=3),
+    "opt": dict(hidden_size=64, intermediate_size=96, num_attention_heads=8, num_hidden_layers=3),
+    "opt_post_ln": dict(hidden_size=64, num_attention_heads=8, num_hidden_layers=3),
+    "phi3": dict(hidden_size=64, intermediate_size=96, num_attention_heads=8, num_key_value_heads=4,
+                 num_hidden_layers=3),
 }
 
 

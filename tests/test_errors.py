@@ -35,6 +35,10 @@ CASES = [
     ("gpt2", dict(), ["nothing to expand", "hidden_size, intermediate_size, num_attention_heads",
                       "num_hidden_layers", "hidden_size=32", "intermediate_size=64", "num_hidden_layers=2"]),
     ("llama", dict(hidden_size=32, num_key_value_heads=2), ["nothing to expand", "num_key_value_heads=2"]),
+    ("opt", dict(hidden_size=48), ["eps is fixed", "no config field", "32 -> 48", "64 or 96"]),
+    ("opt_post_ln", dict(hidden_size=48), ["eps is fixed", "64 or 96"]),
+    ("gpt_neox", dict(hidden_size=64, num_key_value_heads=4), ["no grouped-query attention"]),
+    ("phi3", dict(hidden_size=64, num_attention_heads=6), ["num_attention_heads=6", "num_attention_heads=8"]),
     # LlamaConfig.validate() refuses it although lemon's decoupled head_dim could build it
     ("llama", dict(hidden_size=40, num_attention_heads=6),
      ["LlamaConfig", "hidden_size=40", "num_attention_heads=6", "not a multiple", "saved",
@@ -65,11 +69,10 @@ def test_impossible_gqa_rearrangement_names_the_condition():
 
 
 def test_unsupported_architecture_lists_what_is_supported():
-    config = T.OPTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, ffn_dim=64,
-                         vocab_size=50, word_embed_proj_dim=32)
-    with pytest.raises(ValueError, match="model_type 'opt'") as err:
-        lemon.expand(T.OPTForCausalLM(config), hidden_size=64)
-    for family in ("bert", "vit", "gpt2", "llama", "mistral", "qwen2"):
+    config = T.GPTJConfig(n_embd=32, n_layer=1, n_head=4, vocab_size=50, n_positions=32, rotary_dim=4)
+    with pytest.raises(ValueError, match="model_type 'gptj'") as err:
+        lemon.expand(T.GPTJForCausalLM(config), hidden_size=64)
+    for family in ("bert", "vit", "gpt2", "llama", "mistral", "qwen2", "gpt_neox", "opt", "phi3"):
         assert family in str(err.value)
 
 
@@ -139,3 +142,16 @@ def test_a_parameter_the_class_creates_but_the_source_lacks_is_refused():
     with pytest.raises(ValueError, match="transformer.ln_f.bias") as err:
         lemon.expand(small, hidden_size=64, progress=False)
     assert "source model lacks" in str(err.value)
+
+
+def test_a_tied_head_without_a_final_norm_cannot_be_widened():
+    """OPT post-LN without word-embedding projections: the tied head reads the last layer's
+    output directly; the k stream copies would multiply the logits by k (HyperCloning's OPT
+    result). Depth alone stays possible."""
+    config = T.OPTConfig(hidden_size=32, ffn_dim=64, num_attention_heads=4, num_hidden_layers=2, vocab_size=97,
+                         do_layer_norm_before=False, max_position_embeddings=64, pad_token_id=1)
+    small = T.OPTForCausalLM(config).eval()
+    with pytest.raises(ValueError, match="no final norm between them.*multiplied by k"):
+        lemon.expand(small, hidden_size=64)
+    big = lemon.expand(small, num_hidden_layers=3, progress=False)
+    assert lemon.verify(small, big).output_relative <= 1e-5

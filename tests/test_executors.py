@@ -207,6 +207,9 @@ def test_counters_above_2_pow_32_take_the_wide_path(fused):
     ("llama_tied", dict(hidden_size=48, intermediate_size=100, num_hidden_layers=4)),
     ("bert", dict(hidden_size=64, num_hidden_layers=3)),
     ("vit", dict(hidden_size=48, intermediate_size=100, num_hidden_layers=3)),
+    ("gpt_neox", dict(hidden_size=48, intermediate_size=100, num_hidden_layers=3)),
+    ("opt_projected", dict(hidden_size=64, num_hidden_layers=3)),
+    ("phi3", dict(hidden_size=64, num_attention_heads=8, num_key_value_heads=4, intermediate_size=100)),
 ])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -44,6 +44,10 @@ GQA = {  # 4 query heads / 2 KV heads (g = 2) in the source
                             intermediate_size=150, num_hidden_layers=5),
 }
 
+# families whose heads tile the hidden size (head_dim = hidden / heads): the GQA cases that keep it so
+COUPLED_GQA = {case: GQA[case] for case in ("kv_heads_only", "group_grows", "rearranged_non_circular",
+                                            "all_at_once_gqa")}
+
 # LlamaConfig.validate() refuses a hidden size that is not a multiple of the heads (32 with 6 heads):
 # lemon could build it, but it could not be saved (see test_errors). Llama takes heads dividing 32.
 LLAMA_CONFIG_VALID = {
@@ -75,6 +79,16 @@ def cases():
                 yield family, case, LLAMA_CONFIG_VALID.get(case, kw) if family.startswith("llama") else kw
     for case, kw in {**COMMON, **NON_MULTIPLE}.items():
         yield "llama_mha_bias", case, kw
+    for family in ("gpt_neox", "gpt_neox_sequential", "gpt_neox_classifier"):
+        for case, kw in {**COMMON, **NON_MULTIPLE}.items():
+            yield family, case, kw
+    for family in ("opt", "opt_projected", "opt_post_ln", "opt_classifier"):  # eps fixed: multiples only
+        for case, kw in {**COMMON, **BERT_ALL}.items():
+            yield family, case, kw
+    for family in ("phi3", "phi3_classifier"):  # heads tile the hidden size (no head_dim field)
+        for case, kw in {**COMMON, **NON_MULTIPLE, **COUPLED_GQA}.items():
+            if case != "heads_with_hidden":  # 5 heads fit no KV group of 2
+                yield family, case, kw
 
 
 @pytest.mark.parametrize("family,case,kwargs", [pytest.param(f, c, k, id=f"{f}-{c}") for f, c, k in cases()])
@@ -84,8 +98,11 @@ def test_expansion_is_lossless(family, case, kwargs):
     report = verify(small, big)
     assert report.output_scale > 1e-3, "a degenerate model would hide errors"
     assert report.output_relative <= BOUND, f"{family} {case}: {report}"
+    # post-LN depth re-normalizes a normalized vector: exact up to the eps, which OPT fixes at 1e-5
+    # (measured 9e-6 on the hidden states, 3e-6 relative on the logits; BERT's 1e-12 leaves nothing)
+    layer_bound = 5e-5 if family == "opt_post_ln" and "num_hidden_layers" in kwargs else BOUND
     for delta in report.layer_max_abs:
-        assert delta <= BOUND * report.output_scale + 1e-6, f"{family} {case}: {report}"
+        assert delta <= layer_bound * report.output_scale + 1e-6, f"{family} {case}: {report}"
     for size, value in kwargs.items():
         if size != "layer_positions":
             assert lemon.expand_plan(small, **kwargs).target_sizes[size] == value

@@ -26,13 +26,14 @@ KINDS = {
     "all_at_once": dict(hidden_size=48, intermediate_size=100, num_hidden_layers=5),
 }
 FAMILIES = ["gpt2", "gpt2_classifier", "gpt2_token_classifier", "vit", "vit_mim", "bert", "bert_pretraining",
-            "bert_qa", "llama", "llama_tied", "llama_mha_bias", "llama_token_classifier", "mistral", "qwen2"]
+            "bert_qa", "llama", "llama_tied", "llama_mha_bias", "llama_token_classifier", "mistral", "qwen2",
+            "gpt_neox", "gpt_neox_classifier", "opt", "opt_projected", "opt_post_ln", "phi3"]
 
 
 def cases():
     for family in FAMILIES:
         for kind, kwargs in KINDS.items():
-            if family.startswith("bert") and kwargs.get("hidden_size", 64) % 32:
+            if family.startswith(("bert", "opt")) and kwargs.get("hidden_size", 64) % 32:
                 continue  # post-LN widens by integer multiples only
             yield pytest.param(family, kwargs, id=f"{family}-{kind}")
     yield pytest.param("llama", dict(num_attention_heads=6, num_key_value_heads=6, hidden_size=48),

@@ -17,6 +17,10 @@ UNITS = {
     "bert": ("bert.encoder.layer.{}.intermediate.dense.weight", 0,
              "bert.encoder.layer.{}.attention.self.query.weight", 0),
     "vit": ("vit.layers.{}.mlp.fc1.weight", 0, "vit.layers.{}.attention.q_proj.weight", 0),
+    "gpt_neox": ("gpt_neox.layers.{}.mlp.dense_h_to_4h.weight", 0,
+                 "gpt_neox.layers.{}.attention.query_key_value.weight", 0),
+    "opt": ("model.decoder.layers.{}.fc1.weight", 0, "model.decoder.layers.{}.self_attn.q_proj.weight", 0),
+    "phi3": ("model.layers.{}.mlp.gate_up_proj.weight", 0, "model.layers.{}.self_attn.qkv_proj.weight", 0),
 }
 
 

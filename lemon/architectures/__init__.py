@@ -4,10 +4,13 @@ from __future__ import annotations
 from .base import SIZE_NAMES, Family, Role
 from .bert import FAMILY as BERT
 from .gpt2 import FAMILY as GPT2
+from .gpt_neox import FAMILY as GPT_NEOX
 from .llama import FAMILY as LLAMA
+from .opt import FAMILY as OPT
+from .phi3 import FAMILY as PHI3
 from .vit import FAMILY as VIT
 
-FAMILIES: tuple[Family, ...] = (BERT, VIT, GPT2, LLAMA)
+FAMILIES: tuple[Family, ...] = (BERT, VIT, GPT2, LLAMA, GPT_NEOX, OPT, PHI3)
 
 
 def supported() -> str:
@@ -18,7 +21,7 @@ def find_family(config) -> Family:
     model_type = getattr(config, "model_type", None)
     for family in FAMILIES:
         if model_type in family.model_types:
-            return family
+            return family.for_config(config)
     raise ValueError(f"lemon cannot expand model_type {model_type!r}: no adapter for it. "
                      f"Supported: {supported()}. A new family is a table in lemon/architectures/.")
 

@@ -11,8 +11,10 @@ Axis kinds:
   stream_in    fan-in from a V_zero hidden vector: column blocks split the weight
   heads / heads_in   query-head elements, produced / consumed (split)
   kv           key/value-head elements
-  qkv          fused [q; k; v] (GPT-2's c_attn)
+  qkv          fused [q; k; v] (GPT-2's c_attn, Phi-3's qkv_proj)
+  qkv_heads    fused q/k/v interleaved per head: [q_0; k_0; v_0; q_1; ...] (GPT-NeoX)
   ffn / ffn_in MLP neurons, produced / consumed (split)
+  ffn_pair     two neuron maps stacked: [gate; up] (Phi-3's gate_up_proj)
 
 Tags say what else a parameter is, where a rule depends on it:
   writer      writes into the residual stream (zeroed with cancelling noise in inserted layers)
@@ -22,12 +24,13 @@ Tags say what else a parameter is, where a rule depends on it:
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
 SIZE_NAMES = ("hidden_size", "intermediate_size", "num_attention_heads",
               "num_key_value_heads", "num_hidden_layers")
 AXIS_KINDS = ("keep", "stream", "stream_zero", "norm", "stream_in", "heads", "heads_in",
-              "kv", "qkv", "ffn", "ffn_in")
+              "kv", "qkv", "qkv_heads", "ffn", "ffn_in", "ffn_pair")
 SPLIT_KINDS = ("stream_in", "heads_in", "ffn_in")
 TAGS = ("", "writer", "attn_norm", "ffn_norm", "final_norm")
 
@@ -92,7 +95,7 @@ class Family:
     layer_pattern: str  # regex; group 1 is the layer index, the rest of the name follows
     layer_params: dict[str, Role]
     global_params: dict[str, Role]
-    eps_field: str
+    eps_field: str | None  # None: the norms' eps is fixed in the code, so eps* = eta^2 eps is impossible
     # size name -> config attribute; a family without grouped-query attention maps KV heads to None
     config_fields: dict[str, str | None] = field(default_factory=lambda: {
         **{name: name for name in SIZE_NAMES}, "num_key_value_heads": None})
@@ -101,6 +104,21 @@ class Family:
     # config flag that divides layer l's attention scores by l + 1 (GPT-2); see rules.query_scale
     inverse_layer_scaling: str | None = None
     notes: tuple[str, ...] = field(default=())
+    # what depends on the config (see for_config): post-norm where this flag is False (OPT's
+    # do_layer_norm_before), global roles that replace the table's, config fields that follow
+    # the hidden size when the source has them equal to it
+    pre_norm_flag: str | None = None
+    config_roles: Callable[[object], dict[str, Role]] | None = None
+    follows_hidden: tuple[str, ...] = ()
+
+    def for_config(self, config) -> "Family":
+        """The family as this config builds it."""
+        changes: dict = {}
+        if self.pre_norm_flag is not None:
+            changes["post_norm"] = not getattr(config, self.pre_norm_flag, True)
+        if self.config_roles is not None:
+            changes["global_params"] = {**self.global_params, **self.config_roles(config)}
+        return replace(self, **changes) if changes else self
 
     @property
     def stream_form(self) -> str:
