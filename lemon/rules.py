@@ -21,9 +21,22 @@ eta = sqrt(k D_S / D_T):
   query and KV head maps are chosen together (see :func:`lemon.maps.attention_heads`).
 * A tied output head reads the V_zero final norm output and so sums k copies:
   the final norm's gain and bias are scaled by 1/k instead of splitting the head.
+* Query / key norms (Qwen3 per head, OLMo 2 over all heads) are RMSNorms that share one eps
+  config field with the stream norms, which must become eta^2 eps. RMSNorm is scale-equivariant,
+  norm(c q; c^2 eps) = norm(q; eps), so the projections feeding them get their rows scaled by
+  eta and the q/k norms compute exactly what they did. A per-head norm sees a copied head as
+  it was; a norm over all heads sees the same mean square only if every head is copied equally
+  often, which plan_expansion requires of such families (inserted layers aside: see below).
 * An inserted layer (depth) copies its predecessor with its stream writers set to
   cancel-zero (zero-sum noise on zero): it adds exactly 0 to the stream and is
   trainable. Its units use twin maps so that cancelling pairs exist.
+  Where a norm sits between a writer and the residual add (OLMo 2's norms after each
+  sublayer, tag ``sublayer_norm``) cancel-zero is not enough: the pairs cancel up to the
+  matmul's summation round-off, and the norm divides that residue by sqrt(eps), ~1e3 at
+  eps 1e-6. There the inserted layer's writers stay plain copies and the sublayer norms'
+  gains are 0: the layer adds exactly 0, the gains get the normalized sublayer output as
+  their gradient and move at the first step, and the copied units' writers differ by their
+  noise, so replicas diverge once the gains do.
   Post-norm (BERT): the copied layer's LN_F becomes identity-affine and moves to
   the end of the inserted run; the inserted layer's LN_A is identity-affine. Exact
   up to the LayerNorm eps (an inserted layer re-normalizes a normalized vector).
@@ -56,6 +69,8 @@ class UnitMaps:
     kv: torch.Tensor
     ffn: torch.Tensor
     qkv_heads: torch.Tensor  # per head its q, k and v rows together (GPT-NeoX's fused projection)
+    query_units: torch.Tensor  # per target query head, its source head
+    kv_units: torch.Tensor
 
     @classmethod
     def build(cls, source: Sizes, target: Sizes, twins: bool) -> "UnitMaps":
@@ -67,7 +82,7 @@ class UnitMaps:
         return cls(heads=maps.blocks(q_units, source.head_dim),
                    kv=maps.blocks(kv_units, source.head_dim),
                    ffn=maps.circular(t_ffn, period),
-                   qkv_heads=maps.blocks(q_units, 3 * source.head_dim))
+                   qkv_heads=maps.blocks(q_units, 3 * source.head_dim), query_units=q_units, kv_units=kv_units)
 
 
 @dataclass(frozen=True)
@@ -138,11 +153,16 @@ class Rules:
                 rows = self.query_rows(kind, len(axes[a]))
                 if rows is not None:
                     axes[a] = _scaled(axes[a], torch.where(rows, query_scale, 1.0).to(torch.float64))
+        if role.tag == "normed" and self.eta != 1.0:  # q/k norms keep their output under eps*
+            axes[0] = _scaled(axes[0], self.eta)
         if identity_norm:  # post-norm depth: gain 1, bias 0
             axes[1] = Axis(torch.full_like(axes[1].source, ONE if role.axes[1] == "norm" else ZERO))
         if role.tag == "final_norm" and self.tied_head:
             axes[1] = _scaled(axes[1], 1.0 / self.k)
-        if inserted and role.tag == "writer":  # cancel-zero: the base is 0, the noise sums to 0
+        if inserted and role.tag == "sublayer_norm":  # gain 0: the inserted sublayer adds exactly 0
+            axes[1] = Axis(torch.full_like(axes[1].source, ZERO))
+        if inserted and role.tag == "writer" and not self.family.has_sublayer_norms:
+            # cancel-zero: the base is 0, the noise sums to 0
             axes[0] = _scaled(axes[0], 0.0)
         split_axes = [a for a, kind in enumerate(role.axes) if kind in SPLIT_KINDS]
         return TensorPlan(
@@ -256,6 +276,8 @@ def plan_expansion(model: torch.nn.Module, *, hidden_size=None, intermediate_siz
     check_config_accepts(new_config, source, target)
     rules = Rules(family, source, target, tied_head, seed, noise_std)
     regular, twins = UnitMaps.build(source, target, False), UnitMaps.build(source, target, True)
+    if family.qk_norm_over == "all":
+        check_uniform_heads(family, source, target, regular)
     sources_of: dict[int, list[int]] = {}
     for t, (s, _) in enumerate(layers):
         sources_of.setdefault(s, []).append(t)
@@ -284,6 +306,24 @@ def plan_expansion(model: torch.nn.Module, *, hidden_size=None, intermediate_siz
         family=family.name, source_sizes=source.as_dict(), target_sizes=target.as_dict(),
         config=new_config, tensors=tensors,
         tied=tied, layers=layers, seed=seed, noise_std=noise_std, notes=list(family.notes))
+
+
+def check_uniform_heads(family: Family, source: Sizes, target: Sizes, units: UnitMaps) -> None:
+    """A norm over all query (key) heads at once sees the source's mean square only if every
+    source head has the same number of copies."""
+    for what, unit_map, n_source, n_target, field in (
+            ("query", units.query_units, source.num_attention_heads, target.num_attention_heads,
+             "num_attention_heads"),
+            ("key/value", units.kv_units, source.num_key_value_heads, target.num_key_value_heads,
+             "num_key_value_heads")):
+        counts = torch.bincount(unit_map, minlength=n_source)
+        if bool((counts != counts[0]).any()):
+            raise ValueError(
+                f"{family.name} RMS-normalizes its {what} vectors over all heads at once, so every source head "
+                f"must be copied equally often for the norm to see the same mean square; {n_source} -> {n_target} "
+                f"{what} heads copies some heads {int(counts.max())} times and others {int(counts.min())}: "
+                f"choose {field} as a multiple of {n_source} (and keep the query heads per KV head, or change "
+                f"them by a factor that keeps the copies even)")
 
 
 def query_scale(family: Family, config, source_layer: int | None, target_name: str) -> float:

@@ -80,6 +80,11 @@ def _config_and_class(name: str):
         return (T.OPTConfig(hidden_size=32, ffn_dim=64, num_attention_heads=4, num_hidden_layers=2, vocab_size=97,
                             max_position_embeddings=64, pad_token_id=1, num_labels=3, **extra),
                 T.OPTForSequenceClassification if name == "opt_classifier" else T.OPTForCausalLM)
+    if name in ("qwen3", "qwen3_classifier"):
+        return (T.Qwen3Config(**LLAMA_SIZES, head_dim=8, num_labels=3, pad_token_id=0),
+                T.Qwen3ForSequenceClassification if name == "qwen3_classifier" else T.Qwen3ForCausalLM)
+    if name in ("olmo2", "olmo2_base"):
+        return T.Olmo2Config(**LLAMA_SIZES, pad_token_id=0), T.Olmo2Model if name == "olmo2_base" else T.Olmo2ForCausalLM
     if name in ("phi3", "phi3_classifier"):
         return (T.Phi3Config(**LLAMA_SIZES, pad_token_id=0, max_position_embeddings=64,
                              original_max_position_embeddings=64, num_labels=3),

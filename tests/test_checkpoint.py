@@ -35,6 +35,10 @@ SIZES = {  # per family: width, FFN, heads and depth at once (BERT: x2, its post
     "opt_post_ln": dict(hidden_size=64, num_attention_heads=8, num_hidden_layers=3),
     "phi3": dict(hidden_size=64, intermediate_size=96, num_attention_heads=8, num_key_value_heads=4,
                  num_hidden_layers=3),
+    "qwen3": dict(hidden_size=48, intermediate_size=96, num_attention_heads=6, num_key_value_heads=3,
+                  num_hidden_layers=3),
+    "olmo2": dict(hidden_size=48, intermediate_size=96, num_attention_heads=8, num_key_value_heads=4,
+                  num_hidden_layers=3),
 }
 
 

@@ -35,6 +35,9 @@ CASES = [
     ("gpt2", dict(), ["nothing to expand", "hidden_size, intermediate_size, num_attention_heads",
                       "num_hidden_layers", "hidden_size=32", "intermediate_size=64", "num_hidden_layers=2"]),
     ("llama", dict(hidden_size=32, num_key_value_heads=2), ["nothing to expand", "num_key_value_heads=2"]),
+    ("olmo2", dict(hidden_size=48), ["over all heads at once", "copied equally often", "4 -> 6",
+                                     "num_attention_heads as a multiple of 4"]),
+    ("olmo2", dict(num_attention_heads=6, num_key_value_heads=6), ["over all heads at once", "equally often"]),
     ("opt", dict(hidden_size=48), ["eps is fixed", "no config field", "32 -> 48", "64 or 96"]),
     ("opt_post_ln", dict(hidden_size=48), ["eps is fixed", "64 or 96"]),
     ("gpt_neox", dict(hidden_size=64, num_key_value_heads=4), ["no grouped-query attention"]),
@@ -72,7 +75,7 @@ def test_unsupported_architecture_lists_what_is_supported():
     config = T.GPTJConfig(n_embd=32, n_layer=1, n_head=4, vocab_size=50, n_positions=32, rotary_dim=4)
     with pytest.raises(ValueError, match="model_type 'gptj'") as err:
         lemon.expand(T.GPTJForCausalLM(config), hidden_size=64)
-    for family in ("bert", "vit", "gpt2", "llama", "mistral", "qwen2", "gpt_neox", "opt", "phi3"):
+    for family in ("bert", "vit", "gpt2", "llama", "mistral", "qwen2", "qwen3", "olmo2", "gpt_neox", "opt", "phi3"):
         assert family in str(err.value)
 
 

@@ -48,6 +48,16 @@ GQA = {  # 4 query heads / 2 KV heads (g = 2) in the source
 COUPLED_GQA = {case: GQA[case] for case in ("kv_heads_only", "group_grows", "rearranged_non_circular",
                                             "all_at_once_gqa")}
 
+# OLMo 2: head counts that copy every head equally often; a non-multiple width keeps the heads
+OLMO2 = {
+    "hidden_non_multiple_heads_kept": dict(hidden_size=48, num_attention_heads=4),
+    "heads_x2": dict(num_attention_heads=8),
+    "kv_heads_x2": dict(num_key_value_heads=4),
+    "group_grows": dict(hidden_size=64, num_key_value_heads=2),
+    "all_at_once_olmo2": dict(hidden_size=48, num_attention_heads=8, num_key_value_heads=4, intermediate_size=100,
+                              num_hidden_layers=5),
+}
+
 # LlamaConfig.validate() refuses a hidden size that is not a multiple of the heads (32 with 6 heads):
 # lemon could build it, but it could not be saved (see test_errors). Llama takes heads dividing 32.
 LLAMA_CONFIG_VALID = {
@@ -84,6 +94,13 @@ def cases():
             yield family, case, kw
     for family in ("opt", "opt_projected", "opt_post_ln", "opt_classifier"):  # eps fixed: multiples only
         for case, kw in {**COMMON, **BERT_ALL}.items():
+            yield family, case, kw
+    for family in ("qwen3", "qwen3_classifier"):
+        for case, kw in {**COMMON, **NON_MULTIPLE, **GQA}.items():
+            if case != "heads_with_hidden":  # 5 heads fit no KV group of 2
+                yield family, case, LLAMA_CONFIG_VALID.get(case, kw)
+    for family in ("olmo2", "olmo2_base"):  # q/k norms over all heads: every head copied equally often
+        for case, kw in {**COMMON, **OLMO2}.items():
             yield family, case, kw
     for family in ("phi3", "phi3_classifier"):  # heads tile the hidden size (no head_dim field)
         for case, kw in {**COMMON, **NON_MULTIPLE, **COUPLED_GQA}.items():

@@ -27,7 +27,7 @@ KINDS = {
 }
 FAMILIES = ["gpt2", "gpt2_classifier", "gpt2_token_classifier", "vit", "vit_mim", "bert", "bert_pretraining",
             "bert_qa", "llama", "llama_tied", "llama_mha_bias", "llama_token_classifier", "mistral", "qwen2",
-            "gpt_neox", "gpt_neox_classifier", "opt", "opt_projected", "opt_post_ln", "phi3"]
+            "gpt_neox", "gpt_neox_classifier", "opt", "opt_projected", "opt_post_ln", "phi3", "qwen3", "olmo2"]
 
 
 def cases():
@@ -35,6 +35,8 @@ def cases():
         for kind, kwargs in KINDS.items():
             if family.startswith(("bert", "opt")) and kwargs.get("hidden_size", 64) % 32:
                 continue  # post-LN widens by integer multiples only
+            if family == "olmo2" and kwargs.get("hidden_size", 64) % 32:
+                kwargs = {**kwargs, "num_attention_heads": 4}  # every head copied equally often
             yield pytest.param(family, kwargs, id=f"{family}-{kind}")
     yield pytest.param("llama", dict(num_attention_heads=6, num_key_value_heads=6, hidden_size=48),
                        id="llama-gqa_rearranged")

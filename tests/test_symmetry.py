@@ -21,7 +21,10 @@ UNITS = {
                  "gpt_neox.layers.{}.attention.query_key_value.weight", 0),
     "opt": ("model.decoder.layers.{}.fc1.weight", 0, "model.decoder.layers.{}.self_attn.q_proj.weight", 0),
     "phi3": ("model.layers.{}.mlp.gate_up_proj.weight", 0, "model.layers.{}.self_attn.qkv_proj.weight", 0),
+    "qwen3": ("model.layers.{}.mlp.up_proj.weight", 0, "model.layers.{}.self_attn.q_proj.weight", 0),
+    "olmo2": ("model.layers.{}.mlp.up_proj.weight", 0, "model.layers.{}.self_attn.q_proj.weight", 0),
 }
+SUBLAYER_NORMS = {"olmo2"}  # norms between the writers and the residual add: see rules.py
 
 
 def _gradients(model):
@@ -63,7 +66,7 @@ def test_copied_units_get_different_gradients_only_with_noise(family):
     assert min(differences[None]) >= 1e-3, differences  # noise makes the copies diverge
 
 
-@pytest.mark.parametrize("family", sorted(UNITS))
+@pytest.mark.parametrize("family", sorted(UNITS.keys() - SUBLAYER_NORMS))
 def test_inserted_layers_are_trainable_and_their_twins_diverge(family):
     small = make_model(family)
     big = lemon.expand(small, num_hidden_layers=4, progress=False)  # new layers 1 and 3
@@ -138,3 +141,28 @@ def test_more_kv_heads_alone_has_no_freedom_so_kv_heads_are_exact_copies():
     # no lasting symmetry: the copies serve different query heads, so training separates them
     grad = _gradients(big)["model.layers.0.self_attn.k_proj.weight"].view(4, head_dim, -1)
     assert ((grad[0] - grad[2]).abs().max() / grad[0].abs().max()).item() >= 1e-2
+
+
+@pytest.mark.parametrize("family", sorted(SUBLAYER_NORMS))
+def test_inserted_layers_behind_sublayer_norms_add_zero_and_start_learning(family):
+    """OLMo 2: an inserted layer's sublayer norms have gain 0 (the layer adds exactly 0); their
+    gradient is the normalized sublayer output, so they move at once, and after one step the
+    copied neurons of the inserted layer get different gradients."""
+    small = make_model(family)
+    big = lemon.expand(small, hidden_size=64, intermediate_size=128, num_hidden_layers=4, progress=False)
+    plan = lemon.expand_plan(small, hidden_size=64, intermediate_size=128, num_hidden_layers=4)
+    report = lemon.verify(small, big)
+    assert report.output_relative <= 1e-5, report
+    inserted = [t for t, (_, new) in enumerate(plan.layers) if new]
+    params = dict(big.named_parameters())
+    gains = [n for n in params if any(f"layers.{t}.post_" in n for t in inserted) and n.endswith("layernorm.weight")]
+    assert gains and all(params[n].abs().max() == 0 for n in gains)
+    grads = _gradients(big)
+    assert all(grads[n].abs().max() > 1e-4 for n in gains), {n: grads[n].abs().max() for n in gains}
+    with torch.no_grad():
+        for n in gains:
+            params[n] -= 0.1 * grads[n].sign()
+    up, axis = UNITS[family][:2]
+    name = up.format(inserted[0])
+    grads = _gradients(big)
+    assert _difference(grads[name], axis, _replica_pair(plan, name, axis)) >= 1e-3

@@ -6,11 +6,13 @@ from .bert import FAMILY as BERT
 from .gpt2 import FAMILY as GPT2
 from .gpt_neox import FAMILY as GPT_NEOX
 from .llama import FAMILY as LLAMA
+from .olmo2 import FAMILY as OLMO2
 from .opt import FAMILY as OPT
 from .phi3 import FAMILY as PHI3
+from .qwen3 import FAMILY as QWEN3
 from .vit import FAMILY as VIT
 
-FAMILIES: tuple[Family, ...] = (BERT, VIT, GPT2, LLAMA, GPT_NEOX, OPT, PHI3)
+FAMILIES: tuple[Family, ...] = (BERT, VIT, GPT2, LLAMA, QWEN3, OLMO2, GPT_NEOX, OPT, PHI3)
 
 
 def supported() -> str:

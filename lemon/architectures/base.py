@@ -18,6 +18,10 @@ Axis kinds:
 
 Tags say what else a parameter is, where a rule depends on it:
   writer      writes into the residual stream (zeroed with cancelling noise in inserted layers)
+  normed      a query / key projection whose output an RMSNorm normalizes with the stream norms'
+              eps (Qwen3, OLMo 2): its rows are scaled by eta to follow eps* (see rules.py)
+  sublayer_norm  a norm on a sublayer's output before the residual add (OLMo 2): zero gain in
+              inserted layers, whose writers then stay copies (see rules.py)
   attn_norm / ffn_norm   post-norm layer norms LN_A / LN_F (moved around by post-norm depth)
   final_norm  the norm before a tied output head (scaled by 1/k)
 """
@@ -32,7 +36,7 @@ SIZE_NAMES = ("hidden_size", "intermediate_size", "num_attention_heads",
 AXIS_KINDS = ("keep", "stream", "stream_zero", "norm", "stream_in", "heads", "heads_in",
               "kv", "qkv", "qkv_heads", "ffn", "ffn_in", "ffn_pair")
 SPLIT_KINDS = ("stream_in", "heads_in", "ffn_in")
-TAGS = ("", "writer", "attn_norm", "ffn_norm", "final_norm")
+TAGS = ("", "writer", "attn_norm", "ffn_norm", "final_norm", "normed", "sublayer_norm")
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,9 @@ class Family:
     # what depends on the config (see for_config): post-norm where this flag is False (OPT's
     # do_layer_norm_before), global roles that replace the table's, config fields that follow
     # the hidden size when the source has them equal to it
+    # "all": q and k are RMS-normalized over all their heads at once (OLMo 2), which stays exact
+    # only if every source head is copied equally often
+    qk_norm_over: str | None = None
     pre_norm_flag: str | None = None
     config_roles: Callable[[object], dict[str, Role]] | None = None
     follows_hidden: tuple[str, ...] = ()
@@ -124,6 +131,10 @@ class Family:
     def stream_form(self) -> str:
         # RMSNorm is not lossless on a V_avg stream (the residue shifts the mean square): V_zero.
         return "zero" if self.norm == "rmsnorm" else "avg"
+
+    @property
+    def has_sublayer_norms(self) -> bool:
+        return any(role.tag == "sublayer_norm" for role in self.layer_params.values())
 
     @property
     def has_gqa(self) -> bool:
