@@ -516,13 +516,59 @@ class SourceReader:
         self.maps.clear()
 
 
+class BlockWriter:
+    """Writes blocks on a second thread while the next block is made, from two buffers in turn:
+    writing into the page cache is a memory copy that costs as much as the expansion itself
+    (7.1 GB: 3.1 s of write() against 0.7 s of the C++ executor), so the two overlap. One
+    writer thread keeps the shards' byte order."""
+
+    def __init__(self, nbytes: int, device: torch.device):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.buffers = [torch.empty(nbytes, dtype=torch.uint8, device=device) for _ in range(2)]
+        self.staging = (self.buffers if device.type == "cpu" else  # pinned host copies of GPU blocks
+                        [torch.empty(nbytes, dtype=torch.uint8).pin_memory() for _ in range(2)])
+        self.pending = [None, None]
+        self.turn = 0
+        self.thread = ThreadPoolExecutor(1, thread_name_prefix="lemon-writer")
+
+    def buffer(self) -> torch.Tensor:
+        """The buffer to fill next (its previous block written by now)."""
+        if self.pending[self.turn] is not None:
+            self.pending[self.turn].result()  # re-raises a failed write here
+            self.pending[self.turn] = None
+        return self.buffers[self.turn]
+
+    def submit(self, writer: ShardWriter, name: str, nbytes: int) -> None:
+        """Write the first ``nbytes`` of the buffer just filled, then move to the other one."""
+        if self.staging is not self.buffers:
+            self.staging[self.turn][:nbytes].copy_(self.buffers[self.turn][:nbytes])
+        self.pending[self.turn] = self.thread.submit(writer.write, name, self.staging[self.turn][:nbytes])
+        self.turn ^= 1
+
+    def write_now(self, writer: ShardWriter, name: str, data: torch.Tensor) -> None:
+        """Write a tensor that lives elsewhere (a copied buffer), in order after the blocks before it."""
+        self.drain()
+        writer.write(name, data)
+
+    def drain(self) -> None:
+        for i, future in enumerate(self.pending):
+            if future is not None:
+                self.pending[i] = None
+                future.result()
+
+    def close(self) -> None:
+        try:
+            self.drain()
+        finally:
+            self.thread.shutdown(wait=True)
+
+
 def _write_weights(checkpoint: SourceCheckpoint, tensors, shards, names, directory: Path, run, device,
                    block_bytes: int, progress, output_bytes: int) -> None:
     from .progress import show_progress
 
     largest_row = max((t.nbytes // max(t.plan.view_shape[0], 1) for t in tensors if t.plan is not None), default=0)
-    buffer = torch.empty(max(block_bytes, largest_row), dtype=torch.uint8, device=device)
-    staging = buffer if device.type == "cpu" else torch.empty_like(buffer, device="cpu").pin_memory()
     elements = sum(math.prod(t.shape) for t in tensors)  # what decides whether a bar shows, as in expand
     terminal = getattr(sys.stderr, "isatty", lambda: False)()
     with ExitStack() as stack, tqdm(total=output_bytes, desc="lemon: expanding", unit="B", unit_scale=True,
@@ -530,6 +576,8 @@ def _write_weights(checkpoint: SourceCheckpoint, tensors, shards, names, directo
                                     mininterval=0.1 if terminal else 10.0) as bar:
         reader = SourceReader(checkpoint)
         stack.callback(reader.close)
+        blocks = BlockWriter(max(block_bytes, largest_row), device)
+        stack.callback(blocks.close)
         done = 0
         cached: tuple[tuple[str, torch.dtype], torch.Tensor] | None = None  # consecutive reuse (depth copies)
         for shard, name in zip(shards, names):
@@ -539,38 +587,42 @@ def _write_weights(checkpoint: SourceCheckpoint, tensors, shards, names, directo
                     key = (tensor.source, tensor.dtype)
                     if cached is None or cached[0] != key:
                         cached = None  # the previous source is freed before the next is read
+                        blocks.drain()  # (a block being written may be a view of nothing else, but be sure)
                         reader.release()
                         cached = (key, reader.read(tensor.source, tensor.dtype).to(device))
                     source = cached[1]
                     if tensor.plan is None:
-                        writer.write(tensor.stored, source.cpu())
+                        blocks.write_now(writer, tensor.stored, source.cpu())
                     else:
-                        _stream_tensor(tensor, source, run, buffer, staging, writer)
+                        _stream_tensor(tensor, source, run, blocks, writer)
                     done += 1
                     bar.update(tensor.nbytes)
                     bar.set_postfix_str(f"{done}/{len(tensors)} tensors", refresh=False)
+                blocks.drain()
             except BaseException:
+                try:
+                    blocks.drain()
+                except Exception:  # noqa: BLE001  (the first error is the one to report)
+                    pass
                 writer.abort()
                 raise
             writer.close()
 
 
-def _stream_tensor(tensor: OutputTensor, source: torch.Tensor, run, buffer, staging, writer: ShardWriter) -> None:
+def _stream_tensor(tensor: OutputTensor, source: torch.Tensor, run, blocks: BlockWriter, writer: ShardWriter) -> None:
     """The tensor's view rows in blocks of at most the buffer's size, each written as it is made."""
     plan = tensor.plan
     rows, cols = plan.view_shape
     if rows * cols == 0:
         return
     itemsize = nbytes_of(tensor.dtype, (1,))
-    per_block = max(1, buffer.numel() // (cols * itemsize))
+    per_block = max(1, blocks.buffers[0].numel() // (cols * itemsize))
     for r0 in range(0, rows, per_block):
         r1 = min(rows, r0 + per_block)
         n = (r1 - r0) * cols * itemsize
-        out = buffer[:n].view(tensor.dtype).view(r1 - r0, cols)
+        out = blocks.buffer()[:n].view(tensor.dtype).view(r1 - r0, cols)
         run(plan.restrict(0, r0, r1), source, out)
-        if staging is not buffer:
-            staging[:n].copy_(buffer[:n])
-        writer.write(tensor.stored, staging[:n])
+        blocks.submit(writer, tensor.stored, n)
 
 
 def _ranges(mask: torch.Tensor) -> list[list[int]]:

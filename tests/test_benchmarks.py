@@ -15,6 +15,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(REPO, "benchmarks", "bench_expand.py")
 KERNELS = os.path.join(REPO, "benchmarks", "bench_kernels.py")
 COMPARE = os.path.join(REPO, "benchmarks", "compare.py")
+CHECKPOINT = os.path.join(REPO, "benchmarks", "bench_checkpoint.py")
 CPU_BACKENDS = ("reference", "cpp")  # what the scripts benchmark on a CPU (Triton's interpreter is not timed)
 
 
@@ -89,6 +90,41 @@ def test_bench_kernels_times_every_backend_with_and_without_noise(tmp_path):
                         assert _positive(r[key]), (name, noise, dtype, key)
     assert {r["noise_std"] for r in rows if not r["noise"]} == {0.0}
     assert (tmp_path / "bench_kernels_cpu.png").exists()
+
+
+def test_bench_checkpoint_measures_lemon_expand_against_cp(tmp_path):
+    import transformers
+
+    work = tmp_path / "work"
+    _run(CHECKPOINT, "--quick", "--runs", "2", "--out", str(tmp_path), "--workdir", str(work), "--keep")
+    record = json.loads((tmp_path / "bench_checkpoint.json").read_text())
+    for key in ("machine", "config", "source", "runs", "summary", "ratios", "targets", "lemon_output",
+                "mergekit", "drop_caches", "load"):
+        assert key in record, key
+    assert record["machine"]["cpu_model"] is not None and record["machine"]["torch"]
+    assert record["mergekit"]["ran"] is False and record["mergekit"]["reason"]  # --quick: no mergekit
+    assert record["source"]["largest_tensor"]["bytes"] > 0 and record["config"]["max_shard_bytes"] > 0
+    for what in ("lemon_dry_run", "lemon", "cp"):
+        runs = [r for r in record["runs"] if r["what"] == what]
+        assert len(runs) == 2, what
+        for r in runs:
+            assert r["rc"] == 0 and r["peak_rss_bytes"] > 0 and r["sync_s"] >= 0, (what, r["log_tail"])
+            assert _positive(r["wall_s"]), what
+        this = record["summary"][what]
+        assert _positive(this["wall_s"]) and _positive(this["wall_incl_sync_s"]), what
+    lemon_out = record["summary"]["lemon"]["output_bytes"]
+    assert lemon_out == record["summary"]["cp"]["output_bytes"] >= record["expected_output_bytes"]
+    time_target, rss_target = record["targets"]["time"], record["targets"]["rss"]
+    assert _positive(time_target["ratio"]) and isinstance(time_target["met"], bool)
+    assert rss_target["limit_bytes"] == (rss_target["largest_tensor_bytes"] + 2 * rss_target["shard_bytes"])
+    assert isinstance(rss_target["met"], bool)
+    check = record["lemon_output"]
+    assert check["ok"] and check["index"] and check["config"] and check["verify"]["passed"], check
+    # lemon's output is a checkpoint transformers loads, of the expanded width
+    dst = work / "expanded"
+    model = transformers.AutoModelForCausalLM.from_pretrained(dst)
+    assert model.config.hidden_size == 2 * record["config"]["source_sizes"]["hidden_size"]
+    assert (tmp_path / "bench_checkpoint.png").exists()
 
 
 def _result(name: str, expand_s: list[float], backends: dict | None = None) -> dict:
