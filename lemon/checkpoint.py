@@ -587,8 +587,7 @@ def _write_weights(checkpoint: SourceCheckpoint, tensors, shards, names, directo
                     key = (tensor.source, tensor.dtype)
                     if cached is None or cached[0] != key:
                         cached = None  # the previous source is freed before the next is read
-                        blocks.drain()  # (a block being written may be a view of nothing else, but be sure)
-                        reader.release()
+                        reader.release()  # (blocks in flight are the writer's buffers: nothing to wait for)
                         cached = (key, reader.read(tensor.source, tensor.dtype).to(device))
                     source = cached[1]
                     if tensor.plan is None:
