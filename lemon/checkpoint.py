@@ -530,20 +530,33 @@ class BlockWriter:
                         [torch.empty(nbytes, dtype=torch.uint8).pin_memory() for _ in range(2)])
         self.pending = [None, None]
         self.turn = 0
+        self.error: BaseException | None = None  # the first failed write: later ones are skipped
         self.thread = ThreadPoolExecutor(1, thread_name_prefix="lemon-writer")
 
+    def _write(self, writer: ShardWriter, name: str, data: torch.Tensor) -> None:
+        if self.error is None:
+            try:
+                writer.write(name, data)
+            except BaseException as error:
+                self.error = error
+
+    def _wait(self, i: int) -> None:
+        if self.pending[i] is not None:
+            self.pending[i].result()
+            self.pending[i] = None
+        if self.error is not None:
+            raise self.error
+
     def buffer(self) -> torch.Tensor:
-        """The buffer to fill next (its previous block written by now)."""
-        if self.pending[self.turn] is not None:
-            self.pending[self.turn].result()  # re-raises a failed write here
-            self.pending[self.turn] = None
+        """The buffer to fill next (its previous block written by now; a failed write raises here)."""
+        self._wait(self.turn)
         return self.buffers[self.turn]
 
     def submit(self, writer: ShardWriter, name: str, nbytes: int) -> None:
         """Write the first ``nbytes`` of the buffer just filled, then move to the other one."""
         if self.staging is not self.buffers:
             self.staging[self.turn][:nbytes].copy_(self.buffers[self.turn][:nbytes])
-        self.pending[self.turn] = self.thread.submit(writer.write, name, self.staging[self.turn][:nbytes])
+        self.pending[self.turn] = self.thread.submit(self._write, writer, name, self.staging[self.turn][:nbytes])
         self.turn ^= 1
 
     def write_now(self, writer: ShardWriter, name: str, data: torch.Tensor) -> None:
@@ -552,16 +565,12 @@ class BlockWriter:
         writer.write(name, data)
 
     def drain(self) -> None:
-        for i, future in enumerate(self.pending):
-            if future is not None:
-                self.pending[i] = None
-                future.result()
+        for i in (self.turn, self.turn ^ 1):  # the older block first
+            self._wait(i)
 
     def close(self) -> None:
-        try:
-            self.drain()
-        finally:
-            self.thread.shutdown(wait=True)
+        """Wait for the writes in flight and stop the thread (errors were raised by drain)."""
+        self.thread.shutdown(wait=True)
 
 
 def _write_weights(checkpoint: SourceCheckpoint, tensors, shards, names, directory: Path, run, device,
@@ -601,7 +610,7 @@ def _write_weights(checkpoint: SourceCheckpoint, tensors, shards, names, directo
             except BaseException:
                 try:
                     blocks.drain()
-                except Exception:  # noqa: BLE001  (the first error is the one to report)
+                except BaseException:  # noqa: BLE001  (the error being raised is the one to report)
                     pass
                 writer.abort()
                 raise

@@ -221,6 +221,23 @@ def test_an_interrupted_run_leaves_no_checkpoint_and_keeps_the_old_one(tmp_path,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dst", "src"]
 
 
+def test_a_failed_write_on_the_writer_thread_is_raised_and_cleaned_up(tmp_path, monkeypatch):
+    src = save("llama", tmp_path / "src")
+    write = ShardWriter.write
+    calls = []
+
+    def disk_full(self, name, block):
+        calls.append(name)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        return write(self, name, block)
+
+    monkeypatch.setattr(ShardWriter, "write", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        expand_checkpoint(src, tmp_path / "dst", hidden_size=48, block_bytes=512, progress=False, log=lambda _: None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"] and len(calls) == 3  # nothing written after it
+
+
 def test_a_killed_run_leaves_nothing_under_the_destination(tmp_path):
     """SIGKILL (no cleanup runs): the destination does not exist; only a hidden temporary does."""
     src = save("llama", tmp_path / "src")
