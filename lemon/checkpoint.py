@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from .plan import execute
 from .safetensors_stream import FormatError, ShardWriter, TensorEntry, nbytes_of, parse_size, read_header
 
 INDEX = "model.safetensors.index.json"
@@ -629,7 +630,7 @@ def _stream_tensor(tensor: OutputTensor, source: torch.Tensor, run, blocks: Bloc
         r1 = min(rows, r0 + per_block)
         n = (r1 - r0) * cols * itemsize
         out = blocks.buffer()[:n].view(tensor.dtype).view(r1 - r0, cols)
-        run(plan.restrict(0, r0, r1), source, out)
+        execute(run, plan.restrict(0, r0, r1), source, out)
         blocks.submit(writer, tensor.stored, n)
 
 
@@ -699,9 +700,9 @@ def _dry_run_text(plan, checkpoint, tensors, shards, run, device, block_bytes: i
         itemsize = nbytes_of(sample.dtype, (1,))
         block = max(1, min(rows, block_bytes // max(cols * itemsize, 1)))
         out = torch.empty(block, cols, dtype=sample.dtype, device=device)
-        run(sample.plan.restrict(0, 0, block), source, out)  # warm-up
+        execute(run, sample.plan.restrict(0, 0, block), source, out)  # warm-up
         start = time.perf_counter()
-        run(sample.plan.restrict(0, 0, block), source, out)
+        execute(run, sample.plan.restrict(0, 0, block), source, out)
         if device.type == "cuda":
             torch.cuda.synchronize()
         rate = out.numel() * itemsize / max(time.perf_counter() - start, 1e-9)

@@ -8,7 +8,7 @@ from tqdm.auto import tqdm
 
 from .architectures import find_family
 from .backends import executor
-from .plan import ExpansionPlan
+from .plan import ExpansionPlan, execute
 from .progress import check_progress, elements_written, show_progress
 from .rules import empty_model, plan_expansion
 
@@ -120,7 +120,7 @@ def build(model: torch.nn.Module, plan: ExpansionPlan, backend: str = "auto",
             source = sources[tensor_plan.source]
             meta = meta_params[name]
             with torch.no_grad():
-                param = torch.nn.Parameter(run(tensor_plan, source.detach()),
+                param = torch.nn.Parameter(execute(run, tensor_plan, source.detach()),
                                            requires_grad=source.requires_grad)
             for alias in aliases[id(meta)]:
                 _set(target, alias, param)
@@ -136,6 +136,9 @@ def build(model: torch.nn.Module, plan: ExpansionPlan, backend: str = "auto",
         if buffer is None or buffer.shape != meta.shape:
             raise RuntimeError(f"cannot fill buffer {name} of the expanded model from the source "
                                f"({source_name}: {None if buffer is None else tuple(buffer.shape)})")
+        rebuilt = next((value for suffix, value in family.config_buffers.items() if name.endswith(suffix)), None)
+        if rebuilt is not None:  # what the target's own config makes it (e.g. sqrt(hidden_size))
+            buffer = torch.full_like(buffer, rebuilt(plan.config))
         _set(target, name, buffer.clone(), buffer=True)
     _copy_modes(model, target, family, plan.layers)
     target.lemon_layers = plan.layers  # lets lemon.verify line up layers after custom positions

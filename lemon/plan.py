@@ -40,6 +40,10 @@ Arithmetic is in fp32 (fp64 for fp64 sources), rounded once to the output dtype:
 values, the integer difference exact, ``free``/``replica`` rounded once from fp64. IEEE
 arithmetic in this order gives every executor the same bits, signed zeros included.
 
+A plan with an ``offset`` (a norm gain stored as w in a ``(1 + w)`` form, Gemma's) is carried
+out on ``source + offset`` and stored minus the offset, in fp64, rounded once to the source's
+dtype (:func:`execute`): the executors never see it, and the scales act on the gain itself.
+
 A plan carries the *whole* tensor's maps plus a ``window`` of the view it
 covers: :meth:`TensorPlan.restrict` gives the plan of a block, whose noise is
 exactly the whole tensor's over that block. Executors only ever execute a plan;
@@ -127,6 +131,19 @@ def mean_along(x: torch.Tensor, dim: int) -> torch.Tensor:
     return out
 
 
+def execute(run, plan: "TensorPlan", source: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Carry out ``plan`` with the executor ``run`` (any backend's), honouring its ``offset``:
+    that one is expanded on source + offset in fp64 and stored minus it, rounded once (norm
+    gains only: vectors, so the fp64 copy is small)."""
+    if not plan.offset:
+        return run(plan, source, out)
+    result = (run(plan, source.to(torch.float64) + plan.offset) - plan.offset).to(source.dtype)
+    if out is None:
+        return result
+    out.view(-1).copy_(result.reshape(-1))
+    return out
+
+
 def extended_index(source: torch.Tensor, n_source: int) -> torch.Tensor:
     index = source.clone()
     index[source == MEAN] = n_source
@@ -157,6 +174,7 @@ class TensorPlan:
     noise_key: int = 0
     inserted: bool = False  # part of a layer that did not exist in the source
     window: tuple[tuple[int, int], tuple[int, int]] | None = None  # view block covered; None = all
+    offset: float = 0.0  # the tensor holds (value - offset): see the module docstring
 
     def __post_init__(self):
         if self.noise_axis is not None and bool((self.axes[self.noise_axis].source < ZERO).any()):

@@ -27,6 +27,12 @@ eta = sqrt(k D_S / D_T):
   eta and the q/k norms compute exactly what they did. A per-head norm sees a copied head as
   it was; a norm over all heads sees the same mean square only if every head is copied equally
   often, which plan_expansion requires of such families (inserted layers aside: see below).
+* Gemma multiplies the token embeddings by sqrt(hidden_size) inside the model, so the target
+  would multiply them by sqrt(D_T): the embedding's stream columns are scaled by
+  sqrt(D_S / D_T) to keep x* = V_zero(sqrt(D_S) e). A head tied to that embedding reads it
+  scaled too, so the final norm carries sqrt(D_T / D_S) besides the 1/k. Gemma's norm gains
+  are stored as w in (1 + w): their plans have ``offset`` 1 (lemon.plan), so every scale
+  acts on the gain 1 + w itself.
 * An inserted layer (depth) copies its predecessor with its stream writers set to
   cancel-zero (zero-sum noise on zero): it adds exactly 0 to the stream and is
   trainable. Its units use twin maps so that cancelling pairs exist.
@@ -157,8 +163,14 @@ class Rules:
             axes[0] = _scaled(axes[0], self.eta)
         if identity_norm:  # post-norm depth: gain 1, bias 0
             axes[1] = Axis(torch.full_like(axes[1].source, ONE if role.axes[1] == "norm" else ZERO))
+        sqrt_ratio = math.sqrt(self.source.hidden_size / self.target.hidden_size)
         if role.tag == "final_norm" and self.tied_head:
-            axes[1] = _scaled(axes[1], 1.0 / self.k)
+            factor = 1.0 / self.k
+            if self.family.embeddings_scaled_by_sqrt_hidden:
+                factor /= sqrt_ratio
+            axes[1] = _scaled(axes[1], factor)
+        if role.tag == "embedding" and self.family.embeddings_scaled_by_sqrt_hidden and sqrt_ratio != 1.0:
+            axes[1] = _scaled(axes[1], sqrt_ratio)
         if inserted and role.tag == "sublayer_norm":  # gain 0: the inserted sublayer adds exactly 0
             axes[1] = Axis(torch.full_like(axes[1].source, ZERO))
         if inserted and role.tag == "writer" and not self.family.has_sublayer_norms:
@@ -171,7 +183,7 @@ class Rules:
             split=role.split, axes=tuple(axes),
             noise_axis=split_axes[0] if split_axes else None,
             noise_std=self.noise_std if split_axes else 0.0,
-            noise_key=tensor_key(self.seed, name), inserted=inserted)
+            noise_key=tensor_key(self.seed, name), inserted=inserted, offset=role.offset)
 
 
 def _scaled(axis: Axis, factor: float | torch.Tensor) -> Axis:

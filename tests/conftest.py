@@ -85,6 +85,13 @@ def _config_and_class(name: str):
                 T.Qwen3ForSequenceClassification if name == "qwen3_classifier" else T.Qwen3ForCausalLM)
     if name in ("olmo2", "olmo2_base"):
         return T.Olmo2Config(**LLAMA_SIZES, pad_token_id=0), T.Olmo2Model if name == "olmo2_base" else T.Olmo2ForCausalLM
+    if name in ("gemma2", "gemma2_classifier", "gemma3"):
+        gemma = dict(**LLAMA_SIZES, head_dim=8, query_pre_attn_scalar=8, sliding_window=4, pad_token_id=0,
+                     num_labels=3)
+        if name == "gemma3":  # soft-capping of the final logits on as well
+            return T.Gemma3TextConfig(**gemma, final_logit_softcapping=30.0), T.Gemma3ForCausalLM
+        return T.Gemma2Config(**gemma), (T.Gemma2ForSequenceClassification if name == "gemma2_classifier"
+                                         else T.Gemma2ForCausalLM)
     if name in ("phi3", "phi3_classifier"):
         return (T.Phi3Config(**LLAMA_SIZES, pad_token_id=0, max_position_embeddings=64,
                              original_max_position_embeddings=64, num_labels=3),

@@ -39,6 +39,9 @@ SIZES = {  # per family: width, FFN, heads and depth at once (BERT: x2, its post
                   num_hidden_layers=3),
     "olmo2": dict(hidden_size=48, intermediate_size=96, num_attention_heads=8, num_key_value_heads=4,
                   num_hidden_layers=3),
+    "gemma2": dict(hidden_size=48, intermediate_size=96, num_attention_heads=6, num_key_value_heads=3,
+                   num_hidden_layers=3),
+    "gemma3": dict(hidden_size=48, intermediate_size=96, num_hidden_layers=3),
 }
 
 

@@ -75,7 +75,7 @@ def test_unsupported_architecture_lists_what_is_supported():
     config = T.GPTJConfig(n_embd=32, n_layer=1, n_head=4, vocab_size=50, n_positions=32, rotary_dim=4)
     with pytest.raises(ValueError, match="model_type 'gptj'") as err:
         lemon.expand(T.GPTJForCausalLM(config), hidden_size=64)
-    for family in ("bert", "vit", "gpt2", "llama", "mistral", "qwen2", "qwen3", "olmo2", "gpt_neox", "opt", "phi3"):
+    for family in ("bert", "vit", "gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "olmo2", "gpt_neox", "opt", "phi3"):
         assert family in str(err.value)
 
 

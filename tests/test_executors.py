@@ -212,6 +212,7 @@ def test_counters_above_2_pow_32_take_the_wide_path(fused):
     ("phi3", dict(hidden_size=64, num_attention_heads=8, num_key_value_heads=4, intermediate_size=100)),
     ("qwen3", dict(hidden_size=48, num_attention_heads=6, num_key_value_heads=3, num_hidden_layers=3)),
     ("olmo2", dict(hidden_size=48, num_attention_heads=8, num_key_value_heads=4, num_hidden_layers=3)),
+    ("gemma2", dict(hidden_size=48, intermediate_size=100, num_hidden_layers=3)),  # (1 + w) gains: offset plans
 ])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -99,6 +99,10 @@ def cases():
         for case, kw in {**COMMON, **NON_MULTIPLE, **GQA}.items():
             if case != "heads_with_hidden":  # 5 heads fit no KV group of 2
                 yield family, case, LLAMA_CONFIG_VALID.get(case, kw)
+    for family in ("gemma2", "gemma2_classifier", "gemma3"):
+        for case, kw in {**COMMON, **NON_MULTIPLE, **GQA}.items():
+            if case != "heads_with_hidden":  # 5 heads fit no KV group of 2
+                yield family, case, LLAMA_CONFIG_VALID.get(case, kw)
     for family in ("olmo2", "olmo2_base"):  # q/k norms over all heads: every head copied equally often
         for case, kw in {**COMMON, **OLMO2}.items():
             yield family, case, kw

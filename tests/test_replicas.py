@@ -27,7 +27,7 @@ KINDS = {
 }
 FAMILIES = ["gpt2", "gpt2_classifier", "gpt2_token_classifier", "vit", "vit_mim", "bert", "bert_pretraining",
             "bert_qa", "llama", "llama_tied", "llama_mha_bias", "llama_token_classifier", "mistral", "qwen2",
-            "gpt_neox", "gpt_neox_classifier", "opt", "opt_projected", "opt_post_ln", "phi3", "qwen3", "olmo2"]
+            "gpt_neox", "gpt_neox_classifier", "opt", "opt_projected", "opt_post_ln", "phi3", "qwen3", "olmo2", "gemma2", "gemma3"]
 
 
 def cases():

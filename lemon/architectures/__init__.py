@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from .base import SIZE_NAMES, Family, Role
 from .bert import FAMILY as BERT
+from .gemma import GEMMA2, GEMMA3
 from .gpt2 import FAMILY as GPT2
 from .gpt_neox import FAMILY as GPT_NEOX
 from .llama import FAMILY as LLAMA
@@ -12,7 +13,7 @@ from .phi3 import FAMILY as PHI3
 from .qwen3 import FAMILY as QWEN3
 from .vit import FAMILY as VIT
 
-FAMILIES: tuple[Family, ...] = (BERT, VIT, GPT2, LLAMA, QWEN3, OLMO2, GPT_NEOX, OPT, PHI3)
+FAMILIES: tuple[Family, ...] = (BERT, VIT, GPT2, LLAMA, QWEN3, GEMMA2, GEMMA3, OLMO2, GPT_NEOX, OPT, PHI3)
 
 
 def supported() -> str:

@@ -20,8 +20,9 @@ Tags say what else a parameter is, where a rule depends on it:
   writer      writes into the residual stream (zeroed with cancelling noise in inserted layers)
   normed      a query / key projection whose output an RMSNorm normalizes with the stream norms'
               eps (Qwen3, OLMo 2): its rows are scaled by eta to follow eps* (see rules.py)
-  sublayer_norm  a norm on a sublayer's output before the residual add (OLMo 2): zero gain in
-              inserted layers, whose writers then stay copies (see rules.py)
+  sublayer_norm  a norm on a sublayer's output before the residual add (OLMo 2, Gemma): zero
+              gain in inserted layers, whose writers then stay copies (see rules.py)
+  embedding   the token embedding, where the model multiplies it by sqrt(hidden_size) (Gemma)
   attn_norm / ffn_norm   post-norm layer norms LN_A / LN_F (moved around by post-norm depth)
   final_norm  the norm before a tied output head (scaled by 1/k)
 """
@@ -36,7 +37,7 @@ SIZE_NAMES = ("hidden_size", "intermediate_size", "num_attention_heads",
 AXIS_KINDS = ("keep", "stream", "stream_zero", "norm", "stream_in", "heads", "heads_in",
               "kv", "qkv", "qkv_heads", "ffn", "ffn_in", "ffn_pair")
 SPLIT_KINDS = ("stream_in", "heads_in", "ffn_in")
-TAGS = ("", "writer", "attn_norm", "ffn_norm", "final_norm", "normed", "sublayer_norm")
+TAGS = ("", "writer", "attn_norm", "ffn_norm", "final_norm", "normed", "sublayer_norm", "embedding")
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class Role:
     axes: tuple[str, str]
     split: int = 1  # leading stored dims that form view axis 0
     tag: str = ""
+    offset: float = 0.0  # the parameter stores value - offset (Gemma's (1 + w) gains: 1.0)
 
     def __post_init__(self):
         assert all(a in AXIS_KINDS for a in self.axes), self.axes
@@ -55,8 +57,8 @@ def matrix(rows: str, cols: str, tag: str = "") -> Role:
     return Role((rows, cols), 1, tag)
 
 
-def vector(kind: str, tag: str = "") -> Role:
-    return Role(("keep", kind), 0, tag)
+def vector(kind: str, tag: str = "", offset: float = 0.0) -> Role:
+    return Role(("keep", kind), 0, tag, offset)
 
 
 def layer_norm(tag: str = "") -> dict[str, Role]:
@@ -114,6 +116,11 @@ class Family:
     # "all": q and k are RMS-normalized over all their heads at once (OLMo 2), which stays exact
     # only if every source head is copied equally often
     qk_norm_over: str | None = None
+    # the model multiplies the token embeddings by sqrt(hidden_size) (Gemma): see rules.py
+    embeddings_scaled_by_sqrt_hidden: bool = False
+    # buffers whose value follows the config, not the source (Gemma 3's embed_scale): name suffix ->
+    # the value for a config; every other buffer is copied from the source
+    config_buffers: dict[str, Callable[[object], float]] = field(default_factory=dict)
     pre_norm_flag: str | None = None
     config_roles: Callable[[object], dict[str, Role]] | None = None
     follows_hidden: tuple[str, ...] = ()
