@@ -68,35 +68,40 @@ def _config_and_class(name: str):
         return T.MistralConfig(**LLAMA_SIZES), T.MistralForCausalLM
     if name == "qwen2":
         return T.Qwen2Config(**LLAMA_SIZES), T.Qwen2ForCausalLM
-    if name in ("gpt_neox", "gpt_neox_sequential", "gpt_neox_classifier"):
-        cls = {"gpt_neox": T.GPTNeoXForCausalLM, "gpt_neox_sequential": T.GPTNeoXForCausalLM,
-               "gpt_neox_classifier": T.GPTNeoXForSequenceClassification}[name]
-        return T.GPTNeoXConfig(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2,
-                               vocab_size=97, max_position_embeddings=64, pad_token_id=0, num_labels=3,
-                               use_parallel_residual=name != "gpt_neox_sequential"), cls
-    if name in ("opt", "opt_projected", "opt_post_ln", "opt_classifier"):
-        extra = {"opt_projected": dict(word_embed_proj_dim=16),
-                 "opt_post_ln": dict(word_embed_proj_dim=16, do_layer_norm_before=False)}.get(name, {})
-        return (T.OPTConfig(hidden_size=32, ffn_dim=64, num_attention_heads=4, num_hidden_layers=2, vocab_size=97,
-                            max_position_embeddings=64, pad_token_id=1, num_labels=3, **extra),
-                T.OPTForSequenceClassification if name == "opt_classifier" else T.OPTForCausalLM)
-    if name in ("qwen3", "qwen3_classifier"):
-        return (T.Qwen3Config(**LLAMA_SIZES, head_dim=8, num_labels=3, pad_token_id=0),
-                T.Qwen3ForSequenceClassification if name == "qwen3_classifier" else T.Qwen3ForCausalLM)
-    if name in ("olmo2", "olmo2_base"):
-        return T.Olmo2Config(**LLAMA_SIZES, pad_token_id=0), T.Olmo2Model if name == "olmo2_base" else T.Olmo2ForCausalLM
-    if name in ("gemma2", "gemma2_classifier", "gemma3"):
-        gemma = dict(**LLAMA_SIZES, head_dim=8, query_pre_attn_scalar=8, sliding_window=4, pad_token_id=0,
-                     num_labels=3)
-        if name == "gemma3":  # soft-capping of the final logits on as well
-            return T.Gemma3TextConfig(**gemma, final_logit_softcapping=30.0), T.Gemma3ForCausalLM
-        return T.Gemma2Config(**gemma), (T.Gemma2ForSequenceClassification if name == "gemma2_classifier"
-                                         else T.Gemma2ForCausalLM)
-    if name in ("phi3", "phi3_classifier"):
-        return (T.Phi3Config(**LLAMA_SIZES, pad_token_id=0, max_position_embeddings=64,
-                             original_max_position_embeddings=64, num_labels=3),
-                T.Phi3ForSequenceClassification if name == "phi3_classifier" else T.Phi3ForCausalLM)
+    for family, (prefix, make_config) in NEWER_FAMILIES.items():  # <family>[_<variant>]
+        if name == family or name.startswith(family + "_") and name[len(family) + 1:] in VARIANTS:
+            variant = name[len(family) + 1:] if name != family else ""
+            config = make_config(variant)
+            suffix = VARIANTS.get(variant, "ForCausalLM")
+            return config, getattr(T, CAUSAL.get(family, prefix + suffix) if suffix == "ForCausalLM" else prefix + suffix)
     raise KeyError(name)
+
+
+# the families added after the first four: class-name prefix, config per variant
+VARIANTS = {"base": "Model", "classifier": "ForSequenceClassification",
+            "token_classifier": "ForTokenClassification", "qa": "ForQuestionAnswering",
+            "sequential": "ForCausalLM", "projected": "ForCausalLM", "post_ln": "ForCausalLM"}
+_HEADS = dict(pad_token_id=0, num_labels=3)
+_GEMMA = dict(**LLAMA_SIZES, head_dim=8, query_pre_attn_scalar=8, sliding_window=4, **_HEADS)
+NEWER_FAMILIES = {
+    "gpt_neox": ("GPTNeoX", lambda v: T.GPTNeoXConfig(
+        hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2, vocab_size=97,
+        max_position_embeddings=64, use_parallel_residual=v != "sequential", **_HEADS)),
+    "opt": ("OPT", lambda v: T.OPTConfig(
+        hidden_size=32, ffn_dim=64, num_attention_heads=4, num_hidden_layers=2, vocab_size=97,
+        max_position_embeddings=64, pad_token_id=1, num_labels=3,
+        **{"projected": dict(word_embed_proj_dim=16),
+           "post_ln": dict(word_embed_proj_dim=16, do_layer_norm_before=False)}.get(v, {}))),
+    "phi3": ("Phi3", lambda v: T.Phi3Config(**LLAMA_SIZES, max_position_embeddings=64,
+                                            original_max_position_embeddings=64, **_HEADS)),
+    "qwen3": ("Qwen3", lambda v: T.Qwen3Config(**LLAMA_SIZES, head_dim=8, **_HEADS)),
+    "olmo2": ("Olmo2", lambda v: T.Olmo2Config(**LLAMA_SIZES, **_HEADS)),
+    "gemma2": ("Gemma2", lambda v: T.Gemma2Config(**_GEMMA)),
+    # soft-capping of the final logits on as well
+    "gemma3": ("Gemma3Text", lambda v: T.Gemma3TextConfig(**_GEMMA, final_logit_softcapping=30.0)),
+}
+CAUSAL = {"gemma3": "Gemma3ForCausalLM"}  # Gemma 3's text LM; its other text classes are Gemma3Text*
+
 
 
 def make_model(name: str, seed: int = 0, dtype=torch.float32):

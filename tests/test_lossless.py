@@ -89,24 +89,24 @@ def cases():
                 yield family, case, LLAMA_CONFIG_VALID.get(case, kw) if family.startswith("llama") else kw
     for case, kw in {**COMMON, **NON_MULTIPLE}.items():
         yield "llama_mha_bias", case, kw
-    for family in ("gpt_neox", "gpt_neox_sequential", "gpt_neox_classifier"):
+    for family in ("gpt_neox", "gpt_neox_sequential", "gpt_neox_classifier", "gpt_neox_base"):
         for case, kw in {**COMMON, **NON_MULTIPLE}.items():
             yield family, case, kw
-    for family in ("opt", "opt_projected", "opt_post_ln", "opt_classifier"):  # eps fixed: multiples only
+    for family in ("opt", "opt_projected", "opt_post_ln", "opt_classifier", "opt_base"):  # eps fixed: multiples only
         for case, kw in {**COMMON, **BERT_ALL}.items():
             yield family, case, kw
-    for family in ("qwen3", "qwen3_classifier"):
+    for family in ("qwen3", "qwen3_classifier", "qwen3_base"):
         for case, kw in {**COMMON, **NON_MULTIPLE, **GQA}.items():
             if case != "heads_with_hidden":  # 5 heads fit no KV group of 2
                 yield family, case, LLAMA_CONFIG_VALID.get(case, kw)
-    for family in ("gemma2", "gemma2_classifier", "gemma3"):
+    for family in ("gemma2", "gemma2_classifier", "gemma2_base", "gemma3", "gemma3_classifier", "gemma3_base"):
         for case, kw in {**COMMON, **NON_MULTIPLE, **GQA}.items():
             if case != "heads_with_hidden":  # 5 heads fit no KV group of 2
                 yield family, case, LLAMA_CONFIG_VALID.get(case, kw)
-    for family in ("olmo2", "olmo2_base"):  # q/k norms over all heads: every head copied equally often
+    for family in ("olmo2", "olmo2_base", "olmo2_classifier"):  # q/k norms over all heads: every head copied equally often
         for case, kw in {**COMMON, **OLMO2}.items():
             yield family, case, kw
-    for family in ("phi3", "phi3_classifier"):  # heads tile the hidden size (no head_dim field)
+    for family in ("phi3", "phi3_classifier", "phi3_base"):  # heads tile the hidden size (no head_dim field)
         for case, kw in {**COMMON, **NON_MULTIPLE, **COUPLED_GQA}.items():
             if case != "heads_with_hidden":  # 5 heads fit no KV group of 2
                 yield family, case, kw
