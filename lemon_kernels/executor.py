@@ -81,6 +81,7 @@ def launches(plan: TensorPlan, source: torch.Tensor, out: torch.Tensor) -> list[
             COMPUTE=compute, OUT_KIND=out_kind, NOISE_AXIS=side.noise_axis, NEXT_TABLE=not pair.closed,
             WIDE_COUNTERS=side.wide, ROW_AFFINE=seg_r.first is not None, COL_AFFINE=seg_c.first is not None,
             SPECIALS=pair.specials, HAS_ROW_SCALE=side.row_scale is not None,
-            HAS_COL_SCALE=side.col_scale is not None, BLOCK_R=block_r, BLOCK_C=block_c)
+            HAS_COL_SCALE=side.col_scale is not None, HAS_ROW_MEANS=side.row_means is not None,
+            HAS_COL_MEANS=side.col_means is not None, BLOCK_R=block_r, BLOCK_C=block_c)
         result.append(Launch(grid, args, constexprs))
     return result

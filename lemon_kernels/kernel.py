@@ -79,6 +79,7 @@ def expand_segment(
     NOISE_AXIS: tl.constexpr, NEXT_TABLE: tl.constexpr, WIDE_COUNTERS: tl.constexpr,
     ROW_AFFINE: tl.constexpr, COL_AFFINE: tl.constexpr, SPECIALS: tl.constexpr,
     HAS_ROW_SCALE: tl.constexpr, HAS_COL_SCALE: tl.constexpr,
+    HAS_ROW_MEANS: tl.constexpr, HAS_COL_MEANS: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     base_r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -103,12 +104,16 @@ def expand_segment(
     if SPECIALS:
         mean_r = ext_r == n_src_rows
         mean_c = ext_c == n_src_cols
-        col_mean = tl.load(col_mean_ptr + ext_c, mask=in_c & real_c, other=0)  # for MEAN rows
-        row_mean = tl.load(row_mean_ptr + ext_r, mask=in_r & real_r, other=0)  # for MEAN columns
-        value = tl.where(mean_r[:, None] & real_c[None, :], col_mean[None, :], value)
-        value = tl.where(real_r[:, None] & mean_c[None, :], row_mean[:, None], value)
-        total = tl.load(total_mean_ptr)
-        value = tl.where(mean_r[:, None] & mean_c[None, :], total, value)
+        # a side input the plan does not use is a 1-element placeholder: never index it
+        if HAS_COL_MEANS:  # the plan has MEAN rows
+            col_mean = tl.load(col_mean_ptr + ext_c, mask=in_c & real_c, other=0)
+            value = tl.where(mean_r[:, None] & real_c[None, :], col_mean[None, :], value)
+        if HAS_ROW_MEANS:  # the plan has MEAN columns
+            row_mean = tl.load(row_mean_ptr + ext_r, mask=in_r & real_r, other=0)
+            value = tl.where(real_r[:, None] & mean_c[None, :], row_mean[:, None], value)
+        if HAS_COL_MEANS and HAS_ROW_MEANS:
+            total = tl.load(total_mean_ptr)
+            value = tl.where(mean_r[:, None] & mean_c[None, :], total, value)
         one = (ext_r == n_src_rows + 1)[:, None] | (ext_c == n_src_cols + 1)[None, :]
         value = tl.where(one, 1.0, value)
         zero = (ext_r == n_src_rows + 2)[:, None] | (ext_c == n_src_cols + 2)[None, :]
