@@ -127,3 +127,49 @@ def test_gpt2_small_shape_checkpoint_streams_with_bounded_memory(gpt2_small, tmp
     del big, want, got
     report, tolerance = verify_checkpoint(src, dst, log=print)
     assert report.output_relative <= tolerance, report
+
+
+def _newer_family_at_gpt2_small_shape(family: str):
+    """GPT-2-small's shape (768 wide, 12 layers, 12 heads of 64, FFN 3072; vocabulary 1000) in a
+    newer family, with transformers' default init."""
+    common = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+                  vocab_size=1000, max_position_embeddings=128)
+    gqa = dict(common, num_key_value_heads=4)
+    config, cls = {
+        "gpt_neox": (T.GPTNeoXConfig(**common), T.GPTNeoXForCausalLM),
+        "opt": (T.OPTConfig(**{k: v for k, v in common.items() if k != "intermediate_size"}, ffn_dim=3072,
+                            pad_token_id=1), T.OPTForCausalLM),
+        "phi3": (T.Phi3Config(**gqa, original_max_position_embeddings=128, pad_token_id=0), T.Phi3ForCausalLM),
+        "qwen3": (T.Qwen3Config(**gqa, head_dim=64), T.Qwen3ForCausalLM),
+        "olmo2": (T.Olmo2Config(**gqa, pad_token_id=0), T.Olmo2ForCausalLM),
+        "gemma2": (T.Gemma2Config(**gqa, head_dim=64, query_pre_attn_scalar=64, sliding_window=16, pad_token_id=0),
+                   T.Gemma2ForCausalLM),
+        "gemma3": (T.Gemma3TextConfig(**gqa, head_dim=64, query_pre_attn_scalar=64, sliding_window=16,
+                                      pad_token_id=0), T.Gemma3ForCausalLM),
+    }[family]
+    torch.manual_seed(0)
+    return cls(config).eval()
+
+
+# width x4/3 (x2 where the family allows integer multiples only, or needs heads copied evenly) and 16 layers
+NEWER_SIZES = {
+    "gpt_neox": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=16),
+    "opt": dict(hidden_size=1536, intermediate_size=4096, num_hidden_layers=16),
+    "phi3": dict(hidden_size=1024, intermediate_size=4096, num_key_value_heads=8, num_hidden_layers=16),
+    "qwen3": dict(hidden_size=1024, num_attention_heads=16, num_key_value_heads=8, intermediate_size=4096,
+                  num_hidden_layers=16),
+    "olmo2": dict(hidden_size=1024, num_attention_heads=24, num_key_value_heads=8, intermediate_size=4096,
+                  num_hidden_layers=16),
+    "gemma2": dict(hidden_size=1024, num_attention_heads=16, num_key_value_heads=8, intermediate_size=4096,
+                   num_hidden_layers=16),
+    "gemma3": dict(hidden_size=1024, num_attention_heads=16, num_key_value_heads=8, intermediate_size=4096,
+                   num_hidden_layers=16),
+}
+
+
+@pytest.mark.parametrize("family", sorted(NEWER_SIZES))
+def test_newer_families_at_gpt2_small_shape_are_lossless(family):
+    small = _newer_family_at_gpt2_small_shape(family)
+    big = lemon.expand(small, progress=False, **NEWER_SIZES[family])
+    report = verify(small, big, random_inputs(small, batch=2, length=32))
+    assert report.output_relative <= BOUND, report

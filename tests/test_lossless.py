@@ -285,3 +285,15 @@ def test_every_main_output_of_a_head_is_compared(family, outputs):
     report = verify(small, lemon.expand(small, num_hidden_layers=3, progress=False))
     assert set(report.outputs) == outputs
     assert max(report.outputs.values()) <= BOUND, report
+
+
+def test_inserted_layers_take_the_layer_type_of_the_layer_they_copy():
+    """Gemma 2 alternates sliding-window and global layers through config.layer_types: the
+    target's list follows the layer map, so each inserted layer attends like its source."""
+    small = make_model("gemma2")
+    plan = lemon.expand_plan(small, num_hidden_layers=5, layer_positions=[1, 2, 4])
+    big = lemon.expand(small, num_hidden_layers=5, layer_positions=[1, 2, 4], progress=False)
+    assert small.config.layer_types == ["sliding_attention", "full_attention"]
+    assert big.config.layer_types == [small.config.layer_types[s] for s, _ in plan.layers]
+    assert big.config.layer_types == ["sliding_attention"] * 3 + ["full_attention"] * 2
+    assert verify(small, big).output_relative <= BOUND
