@@ -28,6 +28,33 @@ def demo_models(seed: int = 0):
         ("llama", T.LlamaForCausalLM(T.LlamaConfig(hidden_size=64, num_key_value_heads=2,
                                                    vocab_size=500, tie_word_embeddings=True, **common)),
          dict(hidden_size=96, num_key_value_heads=3, intermediate_size=200, num_hidden_layers=5)),
+        ("qwen3", T.Qwen3ForCausalLM(T.Qwen3Config(hidden_size=64, num_key_value_heads=2, head_dim=16,
+                                                   vocab_size=500, **common)),
+         dict(hidden_size=96, num_attention_heads=6, num_key_value_heads=3, intermediate_size=200,
+              num_hidden_layers=5)),
+        ("gemma2", T.Gemma2ForCausalLM(T.Gemma2Config(hidden_size=64, num_key_value_heads=2, head_dim=16,
+                                                      query_pre_attn_scalar=16, sliding_window=8,
+                                                      vocab_size=500, pad_token_id=0, **common)),
+         dict(hidden_size=96, num_attention_heads=6, num_key_value_heads=3, intermediate_size=200,
+              num_hidden_layers=5)),
+        ("gemma3", T.Gemma3ForCausalLM(T.Gemma3TextConfig(hidden_size=64, num_key_value_heads=2, head_dim=16,
+                                                          query_pre_attn_scalar=16, sliding_window=8,
+                                                          vocab_size=500, pad_token_id=0, **common)),
+         dict(hidden_size=96, num_attention_heads=6, num_key_value_heads=3, intermediate_size=200,
+              num_hidden_layers=5)),
+        ("olmo2", T.Olmo2ForCausalLM(T.Olmo2Config(hidden_size=64, num_key_value_heads=2, vocab_size=500,
+                                                   pad_token_id=0, **common)),
+         dict(hidden_size=96, num_attention_heads=8, num_key_value_heads=4, intermediate_size=200,
+              num_hidden_layers=5)),  # q/k norms over all heads: every head copied twice
+        ("phi3", T.Phi3ForCausalLM(T.Phi3Config(hidden_size=64, num_key_value_heads=2, vocab_size=500,
+                                                pad_token_id=0, **common)),
+         dict(hidden_size=96, num_key_value_heads=3, intermediate_size=200, num_hidden_layers=5)),
+        ("neox", T.GPTNeoXForCausalLM(T.GPTNeoXConfig(hidden_size=64, vocab_size=500,
+                                                      max_position_embeddings=64, **common)),
+         dict(hidden_size=96, intermediate_size=200, num_hidden_layers=5)),
+        ("opt", T.OPTForCausalLM(T.OPTConfig(hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
+                                             ffn_dim=128, vocab_size=500, max_position_embeddings=64)),
+         dict(hidden_size=128, intermediate_size=320, num_hidden_layers=5)),  # eps fixed: multiples only
         ("gpt2-s", T.GPT2LMHeadModel(T.GPT2Config(vocab_size=1000, n_positions=128)),  # 768, 12 layers
          dict(hidden_size=1536, intermediate_size=6144, num_hidden_layers=24)),
     ]
@@ -78,4 +105,5 @@ def _count(model) -> int:
 
 def _ffn(model) -> int:
     config = model.config
-    return getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * config.hidden_size
+    return (getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None)
+            or getattr(config, "ffn_dim", None) or 4 * config.hidden_size)

@@ -111,8 +111,11 @@ def test_demo_runs_and_reports_lossless(capsys):
 
     assert main(["demo"]) == 0
     out = capsys.readouterr().out
-    for family in ("bert", "vit", "gpt2", "llama"):
+    from lemon.architectures import FAMILIES
+
+    for family in ("bert", "vit", "gpt2", "llama", "qwen3", "gemma2", "gemma3", "olmo2", "phi3", "neox", "opt"):
         assert f"\n{family} " in out
+    assert len(FAMILIES) == 11  # a new family goes into the demo too
     assert "lossless" in out
     assert "backends available here: reference, " in out and "C++ extension: built" in out
 
