@@ -6,6 +6,8 @@ with query_pre_attn_scalar, and sliding-window layers alternating with global on
 ``layer_types`` list is rewritten so that an inserted layer has the type of the layer it copies).
 The embedding scale lives in a buffer that follows the target's hidden size. Gemma 3 adds an
 RMSNorm over head_dim on every query and key head."""
+from dataclasses import replace
+
 from .base import SIZE_NAMES, Family, flatten, linear, matrix, vector
 
 
@@ -55,18 +57,5 @@ GEMMA2 = Family(
     config_buffers=CONFIG_BUFFERS,
 )
 
-GEMMA3 = Family(
-    name="gemma3",
-    description="Gemma 3 text (Gemma 2's layout plus per-head q/k RMSNorm)",
-    model_types=("gemma3_text",),
-    norm="rmsnorm",
-    post_norm=False,
-    layer_pattern=r"(?:^|\.)layers\.(\d+)\.",
-    layer_params=_layers(qk_norms=True),
-    global_params=GLOBAL,
-    config_fields={name: name for name in SIZE_NAMES},
-    eps_field="rms_norm_eps",
-    head_dim_field="head_dim",
-    embeddings_scaled_by_sqrt_hidden=True,
-    config_buffers=CONFIG_BUFFERS,
-)
+GEMMA3 = replace(GEMMA2, name="gemma3", description="Gemma 3 text (Gemma 2's layout plus per-head q/k RMSNorm)",
+                 model_types=("gemma3_text",), layer_params=_layers(qk_norms=True))

@@ -1,6 +1,7 @@
 """Phi-3: RMSNorm, RoPE, grouped-query attention, with q/k/v fused in one projection ([q; k; v])
 and the SwiGLU gate and up projections fused in another ([gate; up], halves through one neuron map)."""
-from .base import SIZE_NAMES, Family, flatten, linear, matrix, vector
+from .base import SIZE_NAMES, Family, flatten, linear, vector
+from .llama import FAMILY as LLAMA
 
 FAMILY = Family(
     name="phi3",
@@ -17,12 +18,7 @@ FAMILY = Family(
         "mlp.gate_up_proj": linear("ffn_pair", "stream_in"),
         "mlp.down_proj": linear("stream", "ffn_in", tag="writer"),
     }),
-    global_params=flatten({
-        "embed_tokens.weight": matrix("keep", "stream"),
-        "norm.weight": vector("norm", tag="final_norm"),
-        "lm_head.weight": matrix("keep", "stream_in"),
-        "score": linear("keep", "stream_in"),  # sequence (no bias) and token classification (bias)
-    }),
+    global_params=LLAMA.global_params,
     config_fields={name: name for name in SIZE_NAMES},
     eps_field="rms_norm_eps",
 )
