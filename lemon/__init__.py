@@ -11,14 +11,17 @@ _API = {
     "expand": "lemon.model", "expand_": "lemon.model", "expand_plan": "lemon.model",
     "available_backends": "lemon.backends", "verify": "lemon.verification",
 }
-__all__ = sorted(_API) + ["__version__"]
+_MODULES = ("schedule", "checkpoint")  # lemon.schedule.LemonSchedule, lemon.checkpoint.expand_checkpoint
+__all__ = sorted(_API) + list(_MODULES) + ["__version__"]
 
 
 def __getattr__(name: str):
-    if name in _API:
-        import importlib
+    import importlib
 
+    if name in _API:
         return getattr(importlib.import_module(_API[name]), name)
+    if name in _MODULES:
+        return importlib.import_module(f"lemon.{name}")
     raise AttributeError(f"module 'lemon' has no attribute {name!r}")
 
 
