@@ -50,7 +50,15 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--token-ids", type=_int_list, default=None, metavar="I,J,...",
                        help="token ids to run (default: random ones)")
     check.add_argument("--image", default=None, help="an image to run (vision models; uses SRC_DIR's image processor)")
+    from .recipe import add_arguments
+
+    add_arguments(sub.add_parser("train-demo", help="measure LEMON's compute saving here: train a small GPT-2 on "
+                                                    "the standard library's source, expand it, train it with the "
+                                                    "LEMON schedule, against the large model from scratch"))
     args = parser.parse_args(argv)
+    if args.command == "train-demo":
+        from .recipe import run_from_args
+        return run_from_args(args)
     if args.command in ("expand", "verify"):
         return _checkpoint_command(args)
     if args.command == "demo":
