@@ -11,9 +11,10 @@ So a LEMON schedule is described relative to the from-scratch one:
   expanded model's schedule as a fraction of it;
 * ``peak`` (default 1.0: the from-scratch peak): a multiplier on the optimizer's base rate,
   which is the from-scratch peak; above 1 for the recipes that hold a larger peak shorter;
-* ``warmup_steps`` (default: 2% of the LEMON schedule): the linear warm-up from 0. An expanded
-  model has no random layers, but its optimizer state (Adam's moments) starts empty, which is
-  what a warm-up is for; the knob is there because recipes differ (DeiT warms up for 5 epochs);
+* ``warmup_steps`` (default: 2% of the LEMON schedule, lemon's choice, not the paper's): the
+  linear warm-up from 0. An expanded model has no random layers, but its optimizer state
+  (Adam's moments) starts empty, which is what a warm-up is for; set it to your from-scratch
+  recipe's warm-up (DeiT warms up for 5 epochs) to keep that part of the schedule as it was;
 * ``decay``: ``"cosine"`` (DeiT / ViT recipes) or ``"linear"`` (BERT recipes), from the peak
   down to ``final`` (a fraction of the peak, default 0) at the end of the LEMON schedule; after
   the end the rate stays at ``final``.
