@@ -61,10 +61,8 @@ mergekit is a peer here, never a dependency of lemon: install it beside the syst
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
-import platform
 import re
 import shutil
 import statistics
@@ -301,33 +299,10 @@ def mergekit_yaml(source: Path, slices: list[list[int]]) -> str:
 # --------------------------------------------------------------------------- the benchmark
 
 def machine_info(workdir: Path) -> dict:
-    import torch
-    import transformers
+    """The common record (benchmarks/machine.py) and what bounds a disk benchmark: the page-cache
+    writeback settings, the work directory's filesystem and its free space."""
+    from machine import machine_info as common
 
-    import lemon.native
-
-    cpu_model = None
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu_model = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), None)
-    except OSError:
-        pass
-    mem_total = None
-    try:
-        with open("/proc/meminfo") as f:
-            mem_total = int(next(l for l in f if l.startswith("MemTotal")).split()[1]) * 1024
-    except (OSError, StopIteration):
-        pass
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
-                                text=True).stdout.strip() or None
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "lemon", "csrc"], cwd=REPO,
-                                    capture_output=True, text=True).stdout.strip())
-    except OSError:
-        commit, dirty = None, None
-    digest = hashlib.sha256()
-    for f in sorted((REPO / "lemon").rglob("*.py")):
-        digest.update(f.relative_to(REPO).as_posix().encode() + b"\0" + f.read_bytes())
     vm = {}
     for key in ("dirty_ratio", "dirty_background_ratio", "dirty_expire_centisecs"):
         try:
@@ -340,18 +315,7 @@ def machine_info(workdir: Path) -> dict:
         filesystem = df[-1] if len(df) > 1 else None
     except OSError:
         pass
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "cpu_model": cpu_model, "mem_total_bytes": mem_total,
-        "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-        "transformers": transformers.__version__, "python": platform.python_version(),
-        "platform": platform.platform(), "machine": platform.machine(),
-        "lemon_commit": commit, "lemon_dirty": dirty, "lemon_sources_sha256": digest.hexdigest()[:16],
-        "native_built": lemon.native.built(), "native_build_info": lemon.native.build_info(),
-        "workdir_filesystem": filesystem, "vm": vm, "disk_free_bytes": shutil.disk_usage(workdir).free,
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-    }
+    return {**common(), "workdir_filesystem": filesystem, "vm": vm, "disk_free_bytes": shutil.disk_usage(workdir).free}
 
 
 def wait_quiet(threshold: float | None, longest: float) -> dict:

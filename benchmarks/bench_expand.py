@@ -40,7 +40,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -432,51 +431,10 @@ def _run_worker(mode: str, case: dict, repeats: int, verify: bool, backends: lis
 
 
 def machine_info(backends: list[str]) -> dict:
-    import torch
-    import transformers
+    """The common record (benchmarks/machine.py) and the backends this run measured."""
+    from machine import machine_info as common
 
-    import lemon.native
-
-    cpu_model = None
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu_model = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), None)
-    except OSError:
-        pass
-    mem_total = None
-    try:
-        with open("/proc/meminfo") as f:
-            mem_total = int(next(l for l in f if l.startswith("MemTotal")).split()[1]) * 1024
-    except (OSError, StopIteration):
-        pass
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
-                                text=True).stdout.strip() or None
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "lemon", "csrc"], cwd=REPO,
-                                    capture_output=True, text=True).stdout.strip())
-    except OSError:
-        commit, dirty = None, None
-    import hashlib
-    digest = hashlib.sha256()
-    for f in sorted((REPO / "lemon").rglob("*.py")):
-        digest.update(f.relative_to(REPO).as_posix().encode() + b"\0" + f.read_bytes())
-    native_digest = hashlib.sha256()  # the C++ extension's sources
-    for f in sorted(p for p in (REPO / "csrc").rglob("*") if p.is_file()):
-        native_digest.update(f.relative_to(REPO).as_posix().encode() + b"\0" + f.read_bytes())
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "cpu_model": cpu_model, "mem_total_bytes": mem_total,
-        "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-        "transformers": transformers.__version__, "python": platform.python_version(),
-        "platform": platform.platform(), "machine": platform.machine(),
-        "lemon_commit": commit, "lemon_dirty": dirty,
-        "lemon_sources_sha256": digest.hexdigest()[:16],
-        "native_sources_sha256": native_digest.hexdigest()[:16] if (REPO / "csrc").is_dir() else None,
-        "backend": list(backends), "device": "cpu",
-        "native_built": lemon.native.built(), "native_build_info": lemon.native.build_info(),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-    }
+    return {**common(), "backend": list(backends), "device": "cpu"}
 
 
 def summarize(r: dict) -> dict:
