@@ -59,11 +59,7 @@ class SourceCheckpoint:
     model_class: type
     tensors: dict[str, tuple[Path, TensorEntry]]  # by the model's parameter / buffer name
     stored: dict[str, str]  # model name -> the name in the file (transformers renames some on load)
-
-    def meta_model(self) -> torch.nn.Module:
-        from .rules import empty_model
-
-        return empty_model(self.model_class, self.config)
+    meta: torch.nn.Module  # the class built from the config on the meta device: names, shapes, ties
 
 
 def _model_class(config, path: Path) -> type:
@@ -238,7 +234,7 @@ def open_checkpoint(path: str | os.PathLike) -> SourceCheckpoint:
         if entry.shape != expected[name]:
             raise CheckpointError(f"{file}: tensor {stored[name]} has shape {list(entry.shape)}, but config.json "
                                   f"makes it {list(expected[name])}: the weights do not match the config")
-    return SourceCheckpoint(path, config, model_class, tensors, stored)
+    return SourceCheckpoint(path, config, model_class, tensors, stored, meta)
 
 
 def check_destination(source: Path, destination: Path, overwrite: bool) -> None:
@@ -274,7 +270,7 @@ class OutputTensor:
         return nbytes_of(self.dtype, self.shape)
 
 
-def _output_tensors(checkpoint: SourceCheckpoint, meta: torch.nn.Module, plan, dtype) -> list[OutputTensor]:
+def _output_tensors(checkpoint: SourceCheckpoint, plan, dtype) -> list[OutputTensor]:
     """What the output holds, in the target model's order: each planned tensor once (tied aliases
     left out, as save_pretrained does) and the source's saved buffers, moved with their layers."""
     from .architectures import find_family
@@ -282,7 +278,7 @@ def _output_tensors(checkpoint: SourceCheckpoint, meta: torch.nn.Module, plan, d
     from .rules import _tie_groups, empty_model
 
     present = {}  # a plan's source name -> the name of its tie group that the checkpoint holds
-    for group in _tie_groups(meta):
+    for group in _tie_groups(checkpoint.meta):
         stored = next(name for name in group if name in checkpoint.tensors)
         present.update({name: stored for name in group})
     family = find_family(checkpoint.config)
@@ -403,8 +399,7 @@ def expand_checkpoint(source: str | os.PathLike, destination: str | os.PathLike,
         raise CheckpointError(f"max_shard_size: {error}") from None
     checkpoint = open_checkpoint(source)
     check_destination(source, destination, overwrite)
-    meta = checkpoint.meta_model()
-    plan = plan_expansion(meta, hidden_size=hidden_size, intermediate_size=intermediate_size,
+    plan = plan_expansion(checkpoint.meta, hidden_size=hidden_size, intermediate_size=intermediate_size,
                           num_attention_heads=num_attention_heads, num_key_value_heads=num_key_value_heads,
                           num_hidden_layers=num_hidden_layers, layer_positions=layer_positions, seed=seed,
                           noise_std=noise_std)
@@ -412,7 +407,7 @@ def expand_checkpoint(source: str | os.PathLike, destination: str | os.PathLike,
     if device.type == "cuda" and not torch.cuda.is_available():
         raise CheckpointError("device cuda: this torch sees no CUDA GPU; use device cpu")
     run = executor(backend, device)
-    tensors = _output_tensors(checkpoint, meta, plan, dtype)
+    tensors = _output_tensors(checkpoint, plan, dtype)
     shards = _shard(tensors, max_bytes)
     names = _shard_names(len(shards))
     output_bytes = sum(t.nbytes for t in tensors)
