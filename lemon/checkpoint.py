@@ -4,10 +4,11 @@ The source is read where it lies (config.json and safetensors shards, memory-map
 against the model class its config names before anything is written, and planned exactly as
 :func:`lemon.expand` plans the loaded model (the plan needs names and shapes only: it is made
 on a model built on the meta device). Each source tensor is then read alone, expanded in row
-blocks (``TensorPlan.restrict``: a block's noise is the whole tensor's) into one reused
-buffer, and streamed into the current output shard, whose header was written first
-(:mod:`lemon.safetensors_stream`). Memory stays at about the largest source tensor plus one
-block, whatever the model's size; no module is ever materialized.
+blocks (``TensorPlan.restrict``: a block's noise is the whole tensor's) into reused buffers,
+and streamed into the current output shard, whose header was written first
+(:mod:`lemon.safetensors_stream`), by writer threads, with direct I/O where the filesystem
+takes it (:mod:`lemon.output_stream`). Memory stays at about the largest source tensor plus
+the blocks in flight, whatever the model's size; no module is ever materialized.
 
 The output goes to a temporary directory beside the destination and is renamed into place at
 the end, so an interrupted run leaves no partial checkpoint under the destination and a
@@ -31,7 +32,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .plan import execute
-from .safetensors_stream import FormatError, ShardWriter, TensorEntry, nbytes_of, parse_size, read_header
+from .output_stream import OutputStream, direct_io_supported
+from .safetensors_stream import FormatError, ShardLayout, TensorEntry, nbytes_of, parse_size, read_header
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
@@ -352,6 +354,7 @@ class ExpansionResult:
     shards: int
     seconds: float
     dry_run: bool
+    direct_io: bool | None  # whether the shards were written with O_DIRECT (None: a dry run)
 
     def summary(self) -> str:
         gb = self.output_bytes / 1e9
@@ -359,7 +362,8 @@ class ExpansionResult:
             return (f"lemon: dry run: would write {self.tensors} tensors, {gb:.2f} GB in {self.shards} shard(s) "
                     f"to {self.destination}")
         return (f"lemon: wrote {self.tensors} tensors, {gb:.2f} GB in {self.shards} shard(s) to {self.destination} "
-                f"in {self.seconds:.1f} s ({gb / max(self.seconds, 1e-9):.2f} GB/s)")
+                f"in {self.seconds:.1f} s ({gb / max(self.seconds, 1e-9):.2f} GB/s, "
+                f"{'direct I/O: on the disk now' if self.direct_io else 'through the page cache'})")
 
 
 def _parse_dtype(dtype) -> torch.dtype | None:
@@ -378,14 +382,15 @@ def expand_checkpoint(source: str | os.PathLike, destination: str | os.PathLike,
                       device: str = "cpu", dtype: str | torch.dtype | None = None,
                       max_shard_size: str | int = "5GB", overwrite: bool = False, dry_run: bool = False,
                       progress: bool | None = None, block_bytes: int = BLOCK_BYTES,
-                      log=None) -> ExpansionResult:
+                      direct_io: bool | None = None, log=None) -> ExpansionResult:
     """Expand the checkpoint directory ``source`` into ``destination``: sharded safetensors with
     an index, the new config.json, the source's other files (tokenizer, generation config, ...)
     and a manifest, ``lemon_expansion.json``. The weights equal, tensor for tensor,
     :func:`lemon.expand` of the loaded source with the same arguments (``dtype``: the source's
     floating tensors cast to it first, as ``from_pretrained(..., dtype=)`` would). Everything is
     checked before any byte is written; see the module docstring for how it streams.
-    ``log``: where the plan summary and the final line go (default: stderr)."""
+    ``direct_io``: write the shards with O_DIRECT, past the page cache (None: where the
+    destination's filesystem accepts it; see :mod:`lemon.output_stream`). ``log``: where the plan summary and the final line go (default: stderr)."""
     from . import __version__
     from .backends import executor
     from .rules import plan_expansion
@@ -420,13 +425,17 @@ def expand_checkpoint(source: str | os.PathLike, destination: str | os.PathLike,
     manifest = _manifest(plan, checkpoint, tensors, names, shards, dtype, __version__)
     if dry_run:
         say(_dry_run_text(plan, checkpoint, tensors, shards, run, device, block_bytes, free, needed))
-        return ExpansionResult(destination, manifest, len(tensors), output_bytes, len(shards), 0.0, True)
+        return ExpansionResult(destination, manifest, len(tensors), output_bytes, len(shards), 0.0, True, None)
 
     start = time.perf_counter()
     temporary = Path(tempfile.mkdtemp(prefix=f".{destination.name}.lemon-", dir=destination.parent))
     try:
+        direct = direct_io_supported(temporary) if direct_io in (None, True) else False
+        if direct_io and not direct:
+            raise CheckpointError(f"the filesystem of {destination.parent} does not take direct I/O (O_DIRECT): "
+                                  "leave direct_io unset (or drop --direct-io) to write through the page cache")
         _write_weights(checkpoint, tensors, shards, names, temporary, run, device, block_bytes, progress,
-                       output_bytes)
+                       output_bytes, direct)
         if len(shards) > 1:
             weight_map = {t.stored: name for shard, name in zip(shards, names) for t in shard}
             index = {"metadata": {"total_parameters": sum(math.prod(t.shape) for t in tensors if t.plan is not None),
@@ -447,7 +456,7 @@ def expand_checkpoint(source: str | os.PathLike, destination: str | os.PathLike,
         shutil.rmtree(temporary, ignore_errors=True)
         raise
     result = ExpansionResult(destination, manifest, len(tensors), output_bytes, len(shards),
-                             time.perf_counter() - start, False)
+                             time.perf_counter() - start, False, direct)
     say(result.summary())
     return result
 
@@ -473,16 +482,21 @@ class SourceReader:
         self.maps: dict[Path, tuple[object, int]] = {}  # shard -> (mmap, offset of its data section)
         self.held: list[tuple[object, int, int]] = []  # mapped ranges in use: (mmap, start, stop)
 
-    def read(self, name: str, dtype: torch.dtype) -> torch.Tensor:
+    def _mapping(self, file: Path) -> tuple[object, int]:
+        """The shard's memory map (made on first use) and where its data section starts."""
         import mmap
-        import warnings
 
-        file, entry = self.checkpoint.tensors[name]
         if file not in self.maps:
             with open(file, "rb") as f:
                 header = int.from_bytes(f.read(8), "little")
                 self.maps[file] = (mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), 8 + header)
-        mapped, data = self.maps[file]
+        return self.maps[file]
+
+    def read(self, name: str, dtype: torch.dtype) -> torch.Tensor:
+        import warnings
+
+        file, entry = self.checkpoint.tensors[name]
+        mapped, data = self._mapping(file)
         if entry.nbytes == 0:
             return torch.empty(entry.shape, dtype=entry.dtype).to(dtype)
         with warnings.catch_warnings():  # read-only memory: lemon never writes to a source tensor
@@ -490,6 +504,19 @@ class SourceReader:
             raw = torch.frombuffer(mapped, dtype=torch.uint8, count=entry.nbytes, offset=data + entry.start)
         self.held.append((mapped, data + entry.start, data + entry.stop))
         return raw.view(entry.dtype).view(entry.shape).to(dtype)
+
+    def prefetch(self, name: str) -> None:
+        """Ask the kernel to start reading tensor ``name`` from the disk now, in the background:
+        a cold source is then in the page cache by the time it is expanded."""
+        import mmap
+
+        file, entry = self.checkpoint.tensors[name]
+        if entry.nbytes == 0 or not hasattr(mmap, "MADV_WILLNEED"):
+            return
+        mapped, data = self._mapping(file)
+        start = data + entry.start
+        first = start - start % mmap.PAGESIZE
+        mapped.madvise(mmap.MADV_WILLNEED, first, data + entry.stop - first)
 
     def release(self) -> None:
         """Drop the pages of every tensor read so far from this process."""
@@ -512,121 +539,73 @@ class SourceReader:
         self.maps.clear()
 
 
-class BlockWriter:
-    """Writes blocks on a second thread while the next block is made, from two buffers in turn:
-    writing into the page cache is a memory copy that costs as much as the expansion itself
-    (7.1 GB: 3.1 s of write() against 0.7 s of the C++ executor), so the two overlap. One
-    writer thread keeps the shards' byte order."""
-
-    def __init__(self, nbytes: int, device: torch.device):
-        from concurrent.futures import ThreadPoolExecutor
-
-        self.buffers = [torch.empty(nbytes, dtype=torch.uint8, device=device) for _ in range(2)]
-        self.staging = (self.buffers if device.type == "cpu" else  # pinned host copies of GPU blocks
-                        [torch.empty(nbytes, dtype=torch.uint8).pin_memory() for _ in range(2)])
-        self.pending = [None, None]
-        self.turn = 0
-        self.error: BaseException | None = None  # the first failed write: later ones are skipped
-        self.thread = ThreadPoolExecutor(1, thread_name_prefix="lemon-writer")
-
-    def _write(self, writer: ShardWriter, name: str, data: torch.Tensor) -> None:
-        if self.error is None:
-            try:
-                writer.write(name, data)
-            except BaseException as error:
-                self.error = error
-
-    def _wait(self, i: int) -> None:
-        if self.pending[i] is not None:
-            self.pending[i].result()
-            self.pending[i] = None
-        if self.error is not None:
-            raise self.error
-
-    def buffer(self) -> torch.Tensor:
-        """The buffer to fill next (its previous block written by now; a failed write raises here)."""
-        self._wait(self.turn)
-        return self.buffers[self.turn]
-
-    def submit(self, writer: ShardWriter, name: str, nbytes: int) -> None:
-        """Write the first ``nbytes`` of the buffer just filled, then move to the other one."""
-        if self.staging is not self.buffers:
-            self.staging[self.turn][:nbytes].copy_(self.buffers[self.turn][:nbytes])
-        self.pending[self.turn] = self.thread.submit(self._write, writer, name, self.staging[self.turn][:nbytes])
-        self.turn ^= 1
-
-    def write_now(self, writer: ShardWriter, name: str, data: torch.Tensor) -> None:
-        """Write a tensor that lives elsewhere (a copied buffer), in order after the blocks before it."""
-        self.drain()
-        writer.write(name, data)
-
-    def drain(self) -> None:
-        for i in (self.turn, self.turn ^ 1):  # the older block first
-            self._wait(i)
-
-    def close(self) -> None:
-        """Wait for the writes in flight and stop the thread (errors were raised by drain)."""
-        self.thread.shutdown(wait=True)
-
-
 def _write_weights(checkpoint: SourceCheckpoint, tensors, shards, names, directory: Path, run, device,
-                   block_bytes: int, progress, output_bytes: int) -> None:
+                   block_bytes: int, progress, output_bytes: int, direct: bool) -> None:
     from .progress import show_progress
 
     largest_row = max((t.nbytes // max(t.plan.view_shape[0], 1) for t in tensors if t.plan is not None), default=0)
     elements = sum(math.prod(t.shape) for t in tensors)  # what decides whether a bar shows, as in expand
     terminal = getattr(sys.stderr, "isatty", lambda: False)()
+    sources = [t.source for t in tensors]
+    following = {}  # a source -> the next different source read after it (read ahead while it is expanded)
+    for this, after in zip(sources, sources[1:]):
+        if after != this:
+            following.setdefault(this, after)
     with ExitStack() as stack, tqdm(total=output_bytes, desc="lemon: expanding", unit="B", unit_scale=True,
                                     file=sys.stderr, disable=not show_progress(progress, elements),
                                     mininterval=0.1 if terminal else 10.0) as bar:
         reader = SourceReader(checkpoint)
         stack.callback(reader.close)
-        blocks = BlockWriter(max(block_bytes, largest_row), device)
-        stack.callback(blocks.close)
+        stream = OutputStream(max(block_bytes, largest_row), device, direct)
+        stack.callback(stream.close)
         done = 0
         cached: tuple[tuple[str, torch.dtype], torch.Tensor] | None = None  # consecutive reuse (depth copies)
         for shard, name in zip(shards, names):
-            writer = ShardWriter(directory / name, [(t.stored, t.dtype, t.shape) for t in shard])
+            stream.open(directory / name, ShardLayout([(t.stored, t.dtype, t.shape) for t in shard]))
             try:
                 for tensor in shard:
                     key = (tensor.source, tensor.dtype)
                     if cached is None or cached[0] != key:
                         cached = None  # the previous source is freed before the next is read
-                        reader.release()  # (blocks in flight are the writer's buffers: nothing to wait for)
+                        reader.release()  # (the blocks in flight are the stream's buffers: nothing to wait for)
                         cached = (key, reader.read(tensor.source, tensor.dtype).to(device))
+                        if tensor.source in following:
+                            reader.prefetch(following[tensor.source])
                     source = cached[1]
                     if tensor.plan is None:
-                        blocks.write_now(writer, tensor.stored, source.cpu())
+                        stream.put(tensor.stored, source)
                     else:
-                        _stream_tensor(tensor, source, run, blocks, writer)
+                        _stream_tensor(tensor, source, run, stream)
                     done += 1
                     bar.update(tensor.nbytes)
                     bar.set_postfix_str(f"{done}/{len(tensors)} tensors", refresh=False)
-                blocks.drain()
+                stream.close_file()
             except BaseException:
-                try:
-                    blocks.drain()
-                except BaseException:  # noqa: BLE001  (the error being raised is the one to report)
-                    pass
-                writer.abort()
+                stream.abort_file()
                 raise
-            writer.close()
 
 
-def _stream_tensor(tensor: OutputTensor, source: torch.Tensor, run, blocks: BlockWriter, writer: ShardWriter) -> None:
-    """The tensor's view rows in blocks of at most the buffer's size, each written as it is made."""
+def _stream_tensor(tensor: OutputTensor, source: torch.Tensor, run, stream: OutputStream) -> None:
+    """The tensor's view rows in blocks of at most the stream's capacity, each made where it is
+    written from (through a scratch block when the file offset does not suit the dtype)."""
     plan = tensor.plan
     rows, cols = plan.view_shape
     if rows * cols == 0:
         return
     itemsize = nbytes_of(tensor.dtype, (1,))
-    per_block = max(1, blocks.buffers[0].numel() // (cols * itemsize))
+    per_block = max(1, stream.capacity // (cols * itemsize))
+    in_place = stream.aligned_for(itemsize)
+    scratch = None if in_place else torch.empty(min(rows, per_block), cols, dtype=tensor.dtype, device=source.device)
     for r0 in range(0, rows, per_block):
         r1 = min(rows, r0 + per_block)
-        n = (r1 - r0) * cols * itemsize
-        out = blocks.buffer()[:n].view(tensor.dtype).view(r1 - r0, cols)
-        execute(run, plan.restrict(0, r0, r1), source, out)
-        blocks.submit(writer, tensor.stored, n)
+        if in_place:
+            n = (r1 - r0) * cols * itemsize
+            out = stream.buffer(n).view(tensor.dtype).view(r1 - r0, cols)
+            execute(run, plan.restrict(0, r0, r1), source, out)
+            stream.submit(tensor.stored, n)
+        else:
+            execute(run, plan.restrict(0, r0, r1), source, scratch[:r1 - r0])
+            stream.put(tensor.stored, scratch[:r1 - r0])
 
 
 def _ranges(mask: torch.Tensor) -> list[list[int]]:

@@ -35,6 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     expand.add_argument("--max-shard-size", default="5GB", help="largest output shard, e.g. 5GB, 500MB, 2GiB")
     expand.add_argument("--overwrite", action="store_true",
                         help="replace a non-empty DST_DIR (only once the new checkpoint is complete)")
+    direct = expand.add_mutually_exclusive_group()
+    direct.add_argument("--direct-io", dest="direct_io", action="store_true", default=None,
+                        help="write with O_DIRECT, past the page cache (default: where the filesystem takes it)")
+    direct.add_argument("--no-direct-io", dest="direct_io", action="store_false",
+                        help="write through the page cache")
     expand.add_argument("--dry-run", action="store_true",
                         help="print the plan, the output's size and a time estimate; write nothing")
     progress = expand.add_mutually_exclusive_group()
@@ -90,7 +95,8 @@ def _checkpoint_command(args) -> int:
                               num_hidden_layers=args.num_hidden_layers, layer_positions=args.layer_positions,
                               seed=args.seed, noise_std=args.noise_std, backend=args.backend, device=args.device,
                               dtype=args.dtype, max_shard_size=args.max_shard_size, overwrite=args.overwrite,
-                              dry_run=args.dry_run, progress=args.progress)
+                              dry_run=args.dry_run, progress=args.progress,
+                              direct_io=args.direct_io)
             return 0
         report, tolerance = verify_checkpoint(args.source, args.destination, tolerance=args.tolerance,
                                               token_ids=args.token_ids, image=args.image)

@@ -95,11 +95,11 @@ def read_header(path: Path) -> tuple[dict[str, TensorEntry], dict[str, str]]:
     return entries, metadata
 
 
-class ShardWriter:
-    """Writes one safetensors file whose tensors are all known up front (name, dtype, shape),
-    their data streamed in that order, in as many pieces as the caller likes."""
+class ShardLayout:
+    """One safetensors file whose tensors are all known up front (name, dtype, shape): its header
+    bytes, and the order the tensors' data must follow them in (checked as bytes arrive)."""
 
-    def __init__(self, path: Path, tensors: list[tuple[str, torch.dtype, tuple[int, ...]]],
+    def __init__(self, tensors: list[tuple[str, torch.dtype, tuple[int, ...]]],
                  metadata: dict[str, str] | None = None):
         header: dict = {"__metadata__": dict(metadata or {"format": "pt"})}
         self.order, self.sizes = [], []
@@ -112,9 +112,8 @@ class ShardWriter:
             offset += n
         text = json.dumps(header, separators=(",", ":")).encode()
         text += b" " * (-len(text) % 8)  # the data section starts 8-byte aligned, as the reference writer does
-        self.path, self.total = path, offset
-        self.file = open(path, "xb")
-        self.file.write(len(text).to_bytes(8, "little") + text)
+        self.header = len(text).to_bytes(8, "little") + text
+        self.file_bytes = len(self.header) + offset
         self.index, self.written = 0, 0  # the tensor being written, and its bytes so far
         self._skip_empty()
 
@@ -122,29 +121,47 @@ class ShardWriter:
         while self.index < len(self.order) and self.sizes[self.index] == 0:  # nothing to stream
             self.index += 1
 
-    def write(self, name: str, block: torch.Tensor) -> None:
-        """The next bytes of tensor ``name`` (a contiguous CPU tensor: a whole tensor or rows of one)."""
+    def advance(self, name: str, nbytes: int, path: Path) -> None:
+        """Account for the next ``nbytes`` of tensor ``name``; raises if they are out of order."""
         if self.index >= len(self.order) or self.order[self.index] != name:
             expected = self.order[self.index] if self.index < len(self.order) else "nothing"
-            raise RuntimeError(f"{self.path}: got bytes of {name}, expected {expected}")
-        data = memoryview(block.contiguous().view(-1).view(torch.uint8).numpy())
-        self.written += len(data)
+            raise RuntimeError(f"{path}: got bytes of {name}, expected {expected}")
+        self.written += nbytes
         if self.written > self.sizes[self.index]:
-            raise RuntimeError(f"{self.path}: more bytes for {name} than its shape holds")
-        self.file.write(data)
+            raise RuntimeError(f"{path}: more bytes for {name} than its shape holds")
         if self.written == self.sizes[self.index]:
             self.index, self.written = self.index + 1, 0
             self._skip_empty()
+
+    def check_complete(self, path: Path) -> None:
+        if self.index != len(self.order):
+            raise RuntimeError(f"{path}: closed before {self.order[self.index]} was written")
+
+
+class ShardWriter:
+    """A :class:`ShardLayout` written through an ordinary file, in as many pieces as the caller
+    likes (lemon's own output goes through :mod:`lemon.output_stream`, which overlaps the
+    writing with the expansion)."""
+
+    def __init__(self, path: Path, tensors: list[tuple[str, torch.dtype, tuple[int, ...]]],
+                 metadata: dict[str, str] | None = None):
+        self.path, self.layout = path, ShardLayout(tensors, metadata)
+        self.file = open(path, "xb")
+        self.file.write(self.layout.header)
+
+    def write(self, name: str, block: torch.Tensor) -> None:
+        """The next bytes of tensor ``name`` (a contiguous CPU tensor: a whole tensor or rows of one)."""
+        data = memoryview(block.contiguous().view(-1).view(torch.uint8).numpy())
+        self.layout.advance(name, len(data), self.path)
+        self.file.write(data)
 
     def abort(self) -> None:
         """Close the file, incomplete (the caller removes it)."""
         self.file.close()
 
     def close(self) -> None:
-        complete = self.index == len(self.order)
         self.file.close()
-        if not complete:
-            raise RuntimeError(f"{self.path}: closed before {self.order[self.index]} was written")
+        self.layout.check_complete(self.path)
 
 
 def parse_size(text: str | int) -> int:

@@ -19,7 +19,9 @@ import torch
 
 import lemon
 from lemon import checkpoint as ckpt
+from lemon import output_stream
 from lemon.checkpoint import CheckpointError, expand_checkpoint, open_checkpoint, verify_checkpoint
+from lemon.output_stream import OutputStream
 from lemon.safetensors_stream import FormatError, ShardWriter, parse_size, read_header
 
 from conftest import make_model
@@ -202,15 +204,15 @@ def test_an_interrupted_run_leaves_no_checkpoint_and_keeps_the_old_one(tmp_path,
     src = save("llama", tmp_path / "src")
     dst = tmp_path / "dst"
     calls = []
-    write = ShardWriter.write
+    submit = OutputStream.submit
 
-    def interrupted(self, name, block):
+    def interrupted(self, name, nbytes):
         calls.append(name)
         if len(calls) == 5:
             raise KeyboardInterrupt  # Ctrl-C in the middle of the weights
-        return write(self, name, block)
+        return submit(self, name, nbytes)
 
-    monkeypatch.setattr(ShardWriter, "write", interrupted)
+    monkeypatch.setattr(OutputStream, "submit", interrupted)
     with pytest.raises(KeyboardInterrupt):
         expand_checkpoint(src, dst, hidden_size=48, max_shard_size="8KB", progress=False, log=lambda _: None)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]  # no DST, no temporary directory
@@ -226,16 +228,16 @@ def test_an_interrupted_run_leaves_no_checkpoint_and_keeps_the_old_one(tmp_path,
 
 def test_a_failed_write_on_the_writer_thread_is_raised_and_cleaned_up(tmp_path, monkeypatch):
     src = save("llama", tmp_path / "src")
-    write = ShardWriter.write
+    write = os.pwrite
     calls = []
 
-    def disk_full(self, name, block):
-        calls.append(name)
+    def disk_full(fd, data, offset):
+        calls.append(offset)
         if len(calls) == 3:
             raise OSError(28, "No space left on device")
-        return write(self, name, block)
+        return write(fd, data, offset)
 
-    monkeypatch.setattr(ShardWriter, "write", disk_full)
+    monkeypatch.setattr(output_stream.os, "pwrite", disk_full)  # the writer threads' one system call
     with pytest.raises(OSError, match="No space left"):
         expand_checkpoint(src, tmp_path / "dst", hidden_size=48, block_bytes=512, progress=False, log=lambda _: None)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"] and len(calls) == 3  # nothing written after it
@@ -245,11 +247,12 @@ def test_a_killed_run_leaves_nothing_under_the_destination(tmp_path):
     """SIGKILL (no cleanup runs): the destination does not exist; only a hidden temporary does."""
     src = save("llama", tmp_path / "src")
     dst = tmp_path / "dst"
-    code = ("import sys, lemon.safetensors_stream as s, os, signal\n"
-            "w = s.ShardWriter.write\n"
-            "def kill(self, name, block):\n"
-            "    w(self, name, block); os.kill(os.getpid(), signal.SIGKILL)\n"
-            "s.ShardWriter.write = kill\n"
+    code = ("import sys, lemon.output_stream as s, os, signal\n"
+            "submit = s.OutputStream.submit\n"
+            "def kill(self, name, nbytes):\n"
+            "    submit(self, name, nbytes)\n"
+            "    if name is not None: self.drain(); os.kill(os.getpid(), signal.SIGKILL)\n"
+            "s.OutputStream.submit = kill\n"
             "from lemon.cli import main\n"
             f"main(['expand', {str(src)!r}, {str(dst)!r}, '--hidden-size', '48'])\n")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
