@@ -1,6 +1,4 @@
 """``python -m lemon``: the same command as ``lemon``."""
-import sys
+from .cli import entry
 
-from .cli import main
-
-sys.exit(main())
+entry()

@@ -372,6 +372,8 @@ def test_the_command_line_expands_verifies_and_dry_runs(tmp_path):
     assert "lemon: expanding" in run.stderr and "GB/s" in run.stderr.splitlines()[-1]
     check = cli("verify", src, dst)
     assert check.returncode == 0 and "PASS" in check.stdout, check.stdout + check.stderr
+    strict = cli("verify", src, dst, "--tolerance", "0")  # exits without the interpreter's teardown:
+    assert strict.returncode == 1 and "FAIL" in strict.stdout  # the status and the output still come through
     want = lemon.expand(load(src), hidden_size=48, num_hidden_layers=3, layer_positions=[1], seed=5,
                         noise_std=0.03, backend="cpp", progress=False)
     got = load(dst).state_dict()
