@@ -7,12 +7,15 @@ request (``/sys/kernel/mm/transparent_hugepage/enabled`` set to ``madvise``, the
 default), marking a new allocation ``MADV_HUGEPAGE`` before anything touches it makes those
 faults 2 MiB each: 512 times fewer. The memory still comes from PyTorch's allocator and is freed
 by it; only the kernel's paging of it changes. Elsewhere (``always``: already so; ``never``, not
-Linux) this does nothing.
+Linux) this does nothing, and ``LEMON_HUGE_PAGES=0`` turns it off: where memory is fragmented,
+a kernel whose THP ``defrag`` setting compacts memory on such faults can make them slower
+instead (an earlier measurement on this project's VM saw that).
 """
 from __future__ import annotations
 
 import ctypes
 import functools
+import os
 import sys
 
 import torch
@@ -25,7 +28,7 @@ MADV_HUGEPAGE = 14
 @functools.cache
 def _madvise():
     """libc's madvise where asking helps (Linux, THP in ``madvise`` mode), else None."""
-    if not sys.platform.startswith("linux"):
+    if not sys.platform.startswith("linux") or os.environ.get("LEMON_HUGE_PAGES") == "0":
         return None
     try:
         with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:

@@ -32,3 +32,13 @@ def test_small_and_non_cpu_outputs_are_plain_allocations():
     small = huge_pages.empty((7, 3), torch.bfloat16, torch.device("cpu"))
     meta = huge_pages.empty((1 << 20, 64), torch.float32, torch.device("meta"))
     assert small.dtype == torch.bfloat16 and small.shape == (7, 3) and meta.is_meta
+
+
+def test_lemon_huge_pages_0_turns_it_off(monkeypatch):
+    monkeypatch.setenv("LEMON_HUGE_PAGES", "0")
+    huge_pages._madvise.cache_clear()
+    try:
+        assert huge_pages._madvise() is None
+    finally:
+        monkeypatch.delenv("LEMON_HUGE_PAGES")
+        huge_pages._madvise.cache_clear()
