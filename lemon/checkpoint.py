@@ -133,6 +133,7 @@ class StoredNames:
             transforms = get_model_conversion_mapping(meta_model)
         except ImportError:  # a transformers without conversion tables: names are as they are
             transforms = []
+        self.saves_as_named: bool | None = None  # whether save_pretrained keeps every module name (asked once)
         self.renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
         self.converters = [t for t in transforms if not isinstance(t, WeightRenaming)]
 
@@ -153,6 +154,11 @@ class StoredNames:
             return name
         from transformers.core_model_loading import revert_weight_conversion
 
+        if self.saves_as_named is None:  # transformers hands back the very dict when saving renames nothing
+            empty: dict = {}
+            self.saves_as_named = revert_weight_conversion(self.model, empty) is empty
+        if self.saves_as_named:
+            return name
         saved = list(revert_weight_conversion(self.model, {name: self.state[name]}))
         if len(saved) != 1:
             raise CheckpointError(f"transformers saves {name} as {saved}: lemon writes renamed tensors only")

@@ -7,23 +7,31 @@ import torch
 from lemon import huge_pages
 
 
-def anon_huge_bytes() -> int:
-    with open("/proc/self/smaps_rollup") as f:
+def vm_flags(address: int) -> list[str]:
+    """The VmFlags of the mapping that holds ``address`` (``hg``: advised MADV_HUGEPAGE)."""
+    inside = False
+    with open("/proc/self/smaps") as f:
         for line in f:
-            if line.startswith("AnonHugePages:"):
-                return int(line.split()[1]) * 1024
-    return 0
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                start, stop = (int(x, 16) for x in head.split("-"))
+                inside = start <= address < stop
+            elif inside and head == "VmFlags:":
+                return line.split()[1:]
+    raise AssertionError(f"no mapping holds {address:#x}")
 
 
-def test_a_large_output_is_backed_by_huge_pages_where_the_kernel_gives_them():
+def test_a_large_output_is_advised_onto_huge_pages_where_the_kernel_takes_the_advice():
     if huge_pages._madvise() is None:
         out = huge_pages.empty((3, 5), torch.float32, torch.device("cpu"))
         assert out.shape == (3, 5)  # a plain tensor: nothing asked of the kernel
         pytest.skip("this kernel does not make huge pages on request (THP not in madvise mode)")
-    before = anon_huge_bytes()
     out = huge_pages.empty((64, 2**18), torch.float32, torch.device("cpu"))  # 64 MiB
-    out.fill_(1.5)  # first touch: faulted in 2 MiB at a time
-    assert anon_huge_bytes() - before >= 16 * huge_pages.HUGE_PAGE
+    inside = -(-out.data_ptr() // huge_pages.HUGE_PAGE) * huge_pages.HUGE_PAGE
+    # The advice is what lemon controls; whether the kernel then finds free 2 MiB pages at each
+    # fault depends on the machine's memory, so the faults' page size is not asserted.
+    assert "hg" in vm_flags(inside)
+    out.fill_(1.5)
     assert bool((out == 1.5).all()) and out.is_contiguous()
     del out  # freed by PyTorch's allocator like any tensor
 

@@ -72,6 +72,27 @@ def test_the_stream_writes_the_bytes_the_plain_writer_writes(direct, capacity, p
     assert (tmp_path / "b.safetensors").read_bytes() == want
 
 
+@pytest.mark.parametrize("direct", [False, True] if DIRECT else [False])
+def test_blocks_made_in_device_buffers_are_staged_through_host_buffers(direct, tmp_path):
+    """The --device cuda layout (blocks made in device memory, copied to pinned host buffers that
+    are written), with CPU tensors standing in for the device's: the same bytes."""
+    tensors = awkward_tensors(7)
+    entries = [(n, t.dtype, tuple(t.shape)) for n, t in tensors.items()]
+    plain = ShardWriter(tmp_path / "plain.safetensors", entries)
+    for name, t in tensors.items():
+        if t.numel():
+            plain.write(name, t)
+    plain.close()
+    stream = OutputStream(5000, torch.device("cpu"), direct)
+    stream.buffers = [torch.full_like(b, 0xA5) for b in stream.staging]  # "device" buffers apart from staging
+    stream.open(tmp_path / "x.safetensors", ShardLayout(entries))
+    for name, t in tensors.items():
+        stream.put(name, t)
+    stream.close_file()
+    stream.close()
+    assert (tmp_path / "x.safetensors").read_bytes() == (tmp_path / "plain.safetensors").read_bytes()
+
+
 def test_the_stream_checks_the_order_and_completeness_of_a_file(tmp_path):
     entries = [("a", torch.float32, (3,)), ("b", torch.float32, (2,))]
     stream = OutputStream(64, torch.device("cpu"), False)
