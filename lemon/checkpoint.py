@@ -511,19 +511,6 @@ class SourceReader:
         self.held.append((mapped, data + entry.start, data + entry.stop))
         return raw.view(entry.dtype).view(entry.shape).to(dtype)
 
-    def prefetch(self, name: str) -> None:
-        """Ask the kernel to start reading tensor ``name`` from the disk now, in the background:
-        a cold source is then in the page cache by the time it is expanded."""
-        import mmap
-
-        file, entry = self.checkpoint.tensors[name]
-        if entry.nbytes == 0 or not hasattr(mmap, "MADV_WILLNEED"):
-            return
-        mapped, data = self._mapping(file)
-        start = data + entry.start
-        first = start - start % mmap.PAGESIZE
-        mapped.madvise(mmap.MADV_WILLNEED, first, data + entry.stop - first)
-
     def release(self) -> None:
         """Drop the pages of every tensor read so far from this process."""
         import mmap
@@ -552,11 +539,6 @@ def _write_weights(checkpoint: SourceCheckpoint, tensors, shards, names, directo
     largest_row = max((t.nbytes // max(t.plan.view_shape[0], 1) for t in tensors if t.plan is not None), default=0)
     elements = sum(math.prod(t.shape) for t in tensors)  # what decides whether a bar shows, as in expand
     terminal = getattr(sys.stderr, "isatty", lambda: False)()
-    sources = [t.source for t in tensors]
-    following = {}  # a source -> the next different source read after it (read ahead while it is expanded)
-    for this, after in zip(sources, sources[1:]):
-        if after != this:
-            following.setdefault(this, after)
     with ExitStack() as stack, tqdm(total=output_bytes, desc="lemon: expanding", unit="B", unit_scale=True,
                                     file=sys.stderr, disable=not show_progress(progress, elements),
                                     mininterval=0.1 if terminal else 10.0) as bar:
@@ -575,8 +557,6 @@ def _write_weights(checkpoint: SourceCheckpoint, tensors, shards, names, directo
                         cached = None  # the previous source is freed before the next is read
                         reader.release()  # (the blocks in flight are the stream's buffers: nothing to wait for)
                         cached = (key, reader.read(tensor.source, tensor.dtype).to(device))
-                        if tensor.source in following:
-                            reader.prefetch(following[tensor.source])
                     source = cached[1]
                     if tensor.plan is None:
                         stream.put(tensor.stored, source)
