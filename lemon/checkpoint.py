@@ -396,7 +396,8 @@ def expand_checkpoint(source: str | os.PathLike, destination: str | os.PathLike,
     floating tensors cast to it first, as ``from_pretrained(..., dtype=)`` would). Everything is
     checked before any byte is written; see the module docstring for how it streams.
     ``direct_io``: write the shards with O_DIRECT, past the page cache (None: where the
-    destination's filesystem accepts it; see :mod:`lemon.output_stream`). ``log``: where the plan summary and the final line go (default: stderr)."""
+    destination's filesystem accepts it; see :mod:`lemon.output_stream`). ``log``: where the
+    plan summary and the final line go (default: stderr)."""
     from . import __version__
     from .backends import executor
     from .rules import plan_expansion
@@ -436,7 +437,7 @@ def expand_checkpoint(source: str | os.PathLike, destination: str | os.PathLike,
     start = time.perf_counter()
     temporary = Path(tempfile.mkdtemp(prefix=f".{destination.name}.lemon-", dir=destination.parent))
     try:
-        direct = direct_io_supported(temporary) if direct_io in (None, True) else False
+        direct = direct_io is not False and direct_io_supported(temporary)
         if direct_io and not direct:
             raise CheckpointError(f"the filesystem of {destination.parent} does not take direct I/O (O_DIRECT): "
                                   "leave direct_io unset (or drop --direct-io) to write through the page cache")

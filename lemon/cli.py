@@ -174,9 +174,10 @@ def entry() -> None:
     try:
         code = main()
     except SystemExit as exit_:  # argparse's --help, --version and usage errors
-        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 2)
-        if not isinstance(exit_.code, (int, type(None))):
-            print(exit_.code, file=sys.stderr)
+        code = 0 if exit_.code is None else exit_.code
+        if not isinstance(code, int):  # a message instead of a status
+            print(code, file=sys.stderr)
+            code = 2
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

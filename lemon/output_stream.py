@@ -70,8 +70,7 @@ class OutputStream:
     """
 
     def __init__(self, capacity: int, device: torch.device, direct: bool):
-        self.align = ALIGN if direct else 1
-        self.direct = direct
+        self.align = ALIGN if direct else 1  # 1: ordinary writes through the page cache
         self.capacity = capacity  # the most bytes one block may hold
         size = capacity + 2 * ALIGN  # room for the carried tail in front and the padded end behind
         on_cpu = device.type == "cpu"
@@ -87,7 +86,7 @@ class OutputStream:
     # ------------------------------------------------------------------ one shard file
     def open(self, path: Path, layout: ShardLayout) -> None:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-        self.fd = os.open(path, flags | (os.O_DIRECT if self.direct else 0), 0o666)
+        self.fd = os.open(path, flags | (os.O_DIRECT if self.align > 1 else 0), 0o666)
         self.path, self.layout = path, layout
         self.position = 0  # bytes of the file handed over so far
         self.tail_at: tuple[int, int] | None = None  # (buffer, offset) of the unwritten bytes before position

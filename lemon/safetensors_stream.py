@@ -113,7 +113,6 @@ class ShardLayout:
         text = json.dumps(header, separators=(",", ":")).encode()
         text += b" " * (-len(text) % 8)  # the data section starts 8-byte aligned, as the reference writer does
         self.header = len(text).to_bytes(8, "little") + text
-        self.file_bytes = len(self.header) + offset
         self.index, self.written = 0, 0  # the tensor being written, and its bytes so far
         self._skip_empty()
 

@@ -43,16 +43,22 @@ def awkward_tensors(seed: int) -> dict[str, torch.Tensor]:
     return out
 
 
-@pytest.mark.parametrize("direct", [False, True] if DIRECT else [False])
-@pytest.mark.parametrize("capacity,piece", [(1000, 700), (ALIGN * 3, 5000), (100_000, 1 << 30)])
-def test_the_stream_writes_the_bytes_the_plain_writer_writes(direct, capacity, piece, tmp_path):
-    tensors = awkward_tensors(capacity)
+def written_plainly(tensors: dict[str, torch.Tensor], directory: Path) -> tuple[list, bytes]:
+    """The tensors' (name, dtype, shape) entries, and the file the plain ShardWriter makes of them."""
     entries = [(n, t.dtype, tuple(t.shape)) for n, t in tensors.items()]
-    plain = ShardWriter(tmp_path / "plain.safetensors", entries)
+    plain = ShardWriter(directory / "plain.safetensors", entries)
     for name, t in tensors.items():
         if t.numel():  # an empty tensor has no bytes to stream
             plain.write(name, t)
     plain.close()
+    return entries, (directory / "plain.safetensors").read_bytes()
+
+
+@pytest.mark.parametrize("direct", [False, True] if DIRECT else [False])
+@pytest.mark.parametrize("capacity,piece", [(1000, 700), (ALIGN * 3, 5000), (100_000, 1 << 30)])
+def test_the_stream_writes_the_bytes_the_plain_writer_writes(direct, capacity, piece, tmp_path):
+    tensors = awkward_tensors(capacity)
+    entries, want = written_plainly(tensors, tmp_path)
 
     stream = OutputStream(capacity, torch.device("cpu"), direct)
     for copy in ("a", "b"):  # two files in a row: the second starts fresh at offset 0
@@ -67,7 +73,6 @@ def test_the_stream_writes_the_bytes_the_plain_writer_writes(direct, capacity, p
                 stream.submit(name, part.numel())
         stream.close_file()
     stream.close()
-    want = (tmp_path / "plain.safetensors").read_bytes()
     assert (tmp_path / "a.safetensors").read_bytes() == want
     assert (tmp_path / "b.safetensors").read_bytes() == want
 
@@ -77,12 +82,7 @@ def test_blocks_made_in_device_buffers_are_staged_through_host_buffers(direct, t
     """The --device cuda layout (blocks made in device memory, copied to pinned host buffers that
     are written), with CPU tensors standing in for the device's: the same bytes."""
     tensors = awkward_tensors(7)
-    entries = [(n, t.dtype, tuple(t.shape)) for n, t in tensors.items()]
-    plain = ShardWriter(tmp_path / "plain.safetensors", entries)
-    for name, t in tensors.items():
-        if t.numel():
-            plain.write(name, t)
-    plain.close()
+    entries, want = written_plainly(tensors, tmp_path)
     stream = OutputStream(5000, torch.device("cpu"), direct)
     stream.buffers = [torch.full_like(b, 0xA5) for b in stream.staging]  # "device" buffers apart from staging
     stream.open(tmp_path / "x.safetensors", ShardLayout(entries))
@@ -90,7 +90,7 @@ def test_blocks_made_in_device_buffers_are_staged_through_host_buffers(direct, t
         stream.put(name, t)
     stream.close_file()
     stream.close()
-    assert (tmp_path / "x.safetensors").read_bytes() == (tmp_path / "plain.safetensors").read_bytes()
+    assert (tmp_path / "x.safetensors").read_bytes() == want
 
 
 def test_the_stream_checks_the_order_and_completeness_of_a_file(tmp_path):
