@@ -283,14 +283,14 @@ def _output_tensors(checkpoint: SourceCheckpoint, plan, dtype) -> list[OutputTen
     left out, as save_pretrained does) and the source's saved buffers, moved with their layers."""
     from .architectures import find_family
     from .model import _source_name
-    from .rules import _tie_groups, empty_model
+    from .rules import _tie_groups
 
     present = {}  # a plan's source name -> the name of its tie group that the checkpoint holds
     for group in _tie_groups(checkpoint.meta):
         stored = next(name for name in group if name in checkpoint.tensors)
         present.update({name: stored for name in group})
     family = find_family(checkpoint.config)
-    target = empty_model(checkpoint.model_class, plan.config)
+    target = plan.meta_target()
     names = StoredNames(target)
     params = {name for name, _ in target.named_parameters(remove_duplicate=False)}
     out = []

@@ -10,7 +10,7 @@ from .architectures import find_family
 from .backends import executor
 from .plan import ExpansionPlan, execute
 from .progress import check_progress, elements_written, show_progress
-from .rules import empty_model, plan_expansion
+from .rules import plan_expansion
 
 
 def expand_plan(model: torch.nn.Module, **kwargs) -> ExpansionPlan:
@@ -99,7 +99,7 @@ def build(model: torch.nn.Module, plan: ExpansionPlan, backend: str = "auto",
     sources = dict(model.named_parameters(remove_duplicate=False))
     device = next(iter(sources.values())).device
     run = executor(backend, device)
-    target = empty_model(type(model), plan.config)
+    target = plan.meta_target()
 
     # plan_expansion checked names and shapes against this class in both directions
     meta_params = dict(target.named_parameters(remove_duplicate=False))

@@ -67,6 +67,7 @@ class Axis:
 
     source: torch.Tensor  # int64 [n]
     scale: torch.Tensor | None = None  # float64 [n] (exact enough for fp64 models); None: 1 everywhere
+    _derived: dict = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self):
         if self.scale is not None:
@@ -77,9 +78,28 @@ class Axis:
     def __len__(self) -> int:
         return self.source.numel()
 
+    def derived(self, key, make):
+        """``make()``, computed once per ``key`` for this axis. An axis is immutable and the rules
+        give the plans of every layer the same axis objects, so what executors derive from an
+        axis alone (extended indices, segment cuts) is worked out once per expansion, not once
+        per tensor: on small models that bookkeeping cost more than the copying."""
+        try:
+            return self._derived[key]
+        except KeyError:
+            value = self._derived[key] = make()
+            return value
+
     def extended(self, n_source: int) -> torch.Tensor:
         """Extended indices into S~ (see the module docstring): the gather index, and the noise class."""
-        return extended_index(self.source, n_source)
+        return self.derived(("extended", n_source), lambda: extended_index(self.source, n_source))
+
+    @cached_property
+    def has_mean(self) -> bool:
+        return bool((self.source == MEAN).any())
+
+    @cached_property
+    def has_mean_or_one(self) -> bool:
+        return bool((self.source < ZERO).any())
 
     @cached_property
     def next_replica(self) -> torch.Tensor:
@@ -177,7 +197,7 @@ class TensorPlan:
     offset: float = 0.0  # the tensor holds (value - offset): see the module docstring
 
     def __post_init__(self):
-        if self.noise_axis is not None and bool((self.axes[self.noise_axis].source < ZERO).any()):
+        if self.noise_axis is not None and self.axes[self.noise_axis].has_mean_or_one:
             raise ValueError(f"{self.name}: the noise axis may hold source indices and ZERO only, "
                              "not MEAN or ONE")
         if tuple(len(a) for a in self.axes) != self.view_shape:
@@ -217,7 +237,8 @@ class TensorPlan:
         """Per view axis, over the window: (extended indices, scales in ``dtype`` or None)."""
         maps = []
         for axis, (lo, hi), n_source in zip(self.axes, self.block, self.source_view_shape):
-            scale = None if axis.scale is None else axis.scale[lo:hi].to(device=device, dtype=dtype)
+            scale = None if axis.scale is None else axis.derived(
+                ("scale", lo, hi, device, dtype), lambda: axis.scale[lo:hi].to(device=device, dtype=dtype))
             maps.append((axis.extended(n_source)[lo:hi], scale))
         return maps
 
@@ -237,7 +258,7 @@ class TensorPlan:
         column, its mean along axis 0: for MEAN rows; the mean of the row means: for both).
         ``mean``: another implementation of :func:`mean_along` with its bits (the C++ one)."""
         mean = mean or mean_along
-        mean_rows, mean_cols = (bool((a.source == MEAN).any()) for a in self.axes)
+        mean_rows, mean_cols = (a.has_mean for a in self.axes)
         row_means = mean(source_view, 1) if mean_cols else None
         col_means = mean(source_view, 0) if mean_rows else None
         total = mean(row_means[:, None], 0) if mean_rows and mean_cols else None
@@ -281,9 +302,25 @@ class ExpansionPlan:
     seed: int
     noise_std: float
     notes: list[str] = field(default_factory=list)
+    # (the target built on the meta device while checking the plan, its class): see meta_target
+    skeleton: tuple | None = field(default=None, repr=False)
 
     def __getitem__(self, name: str) -> TensorPlan:
         return self.tensors[self.tied.get(name, name)]
+
+    def meta_target(self) -> torch.nn.Module:
+        """The target model on the meta device (names and shapes, no memory) for a caller to fill:
+        the one planning built to check the plan, handed out once (building a model's modules is a
+        fixed cost that small models feel), then a new one on each call."""
+        from .rules import empty_model
+
+        if self.skeleton is None:
+            raise ValueError("this plan was not made by lemon.expand_plan: it has no model class to build")
+        model, cls = self.skeleton
+        if model is None:
+            return empty_model(cls, self.config)
+        self.skeleton = (None, cls)
+        return model
 
     def new_parameters(self) -> list[str]:
         """Names of target parameters that belong to inserted layers."""

@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -101,6 +101,7 @@ class Rules:
     tied_head: bool
     seed: int
     noise_std: float
+    _axes: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def eta(self) -> float:
@@ -129,6 +130,14 @@ class Rules:
         return {"heads": units.heads, "kv": units.kv, "ffn": units.ffn, "qkv_heads": units.qkv_heads}[kind]
 
     def axis(self, kind: str, length: int, units: UnitMaps) -> Axis:
+        """The axis of this kind and length: one object for every layer's tensors (what executors
+        derive from it is then derived once, see :meth:`Axis.derived`)."""
+        key = (kind, length, id(units))
+        if key not in self._axes:
+            self._axes[key] = (self._make_axis(kind, length, units), units)  # units kept: its id stays its own
+        return self._axes[key][0]
+
+    def _make_axis(self, kind: str, length: int, units: UnitMaps) -> Axis:
         if kind in SPLIT_KINDS:
             index = self.index(SPLIT_OF[kind], length, units)
             return Axis(index, maps.split_scale(index))
@@ -313,11 +322,12 @@ def plan_expansion(model: torch.nn.Module, *, hidden_size=None, intermediate_siz
                                            twins if inserted else regular, inserted, identity,
                                            query_scale(family, config, layer, new_name))
 
-    check_target_parameters(model, new_config, tensors, tied)
+    skeleton = check_target_parameters(model, new_config, tensors, tied)
     return ExpansionPlan(
         family=family.name, source_sizes=source.as_dict(), target_sizes=target.as_dict(),
         config=new_config, tensors=tensors,
-        tied=tied, layers=layers, seed=seed, noise_std=noise_std, notes=list(family.notes))
+        tied=tied, layers=layers, seed=seed, noise_std=noise_std, notes=list(family.notes),
+        skeleton=(skeleton, type(model)))
 
 
 def check_uniform_heads(family: Family, source: Sizes, target: Sizes, units: UnitMaps) -> None:
@@ -388,12 +398,14 @@ def empty_model(cls, config) -> torch.nn.Module:
 
 
 def check_target_parameters(model: torch.nn.Module, config, tensors: dict[str, TensorPlan],
-                            tied: dict[str, str]) -> None:
+                            tied: dict[str, str]) -> torch.nn.Module:
     """lemon rebuilds the model from its config: the plan must make exactly the parameters, with
     the shapes, that the class creates from the target config. A parameter the user attached
-    by hand (or one whose name only ends like a known one) has no place in the rebuilt model."""
+    by hand (or one whose name only ends like a known one) has no place in the rebuilt model.
+    Returns the target built on the meta device for the check (the plan keeps it)."""
     cls = type(model).__name__
-    expected = {n: tuple(p.shape) for n, p in empty_model(type(model), config).named_parameters(remove_duplicate=False)}
+    skeleton = empty_model(type(model), config)
+    expected = {n: tuple(p.shape) for n, p in skeleton.named_parameters(remove_duplicate=False)}
     planned = {**{n: plan.shape for n, plan in tensors.items()},
                **{alias: tensors[owner].shape for alias, owner in tied.items() if owner in tensors}}
     extra = sorted(set(planned) - set(expected))
@@ -412,6 +424,7 @@ def check_target_parameters(model: torch.nn.Module, config, tensors: dict[str, T
         raise ValueError(f"the target {cls} expects other shapes than lemon plans for {_names(wrong)}: its "
                          f"config has fields that do not follow the sizes lemon grows. Report this with the "
                          f"model's config")
+    return skeleton
 
 
 def _names(names: list[str], limit: int = 5) -> str:

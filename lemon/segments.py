@@ -39,6 +39,7 @@ class Segment:
     period: int
     base: torch.Tensor
     first: int | None
+    special: bool  # some base index is MEAN, ONE or ZERO
 
     @property
     def replicas(self) -> int:
@@ -69,7 +70,7 @@ def segments(ext: torch.Tensor, n_source: int) -> list[Segment]:
         base = ext[start:start + period]
         first = int(base[0])
         affine = first + period <= n_source and torch.equal(base, torch.arange(first, first + period))
-        out.append(Segment(start, length, period, base, first if affine else None))
+        out.append(Segment(start, length, period, base, first if affine else None, bool((base >= n_source).any())))
     return out
 
 
@@ -154,30 +155,37 @@ def _cut(plan: TensorPlan, source_view: torch.Tensor, means) -> tuple[SideInputs
     maps = plan.window_maps(device, dtype)
     ext = [ext_index for ext_index, _ in maps]  # stays on the CPU: segments are cut on the host
 
-    cut = (segments(ext[0], n_rows), segments(ext[1], n_cols))
+    # everything below depends on one axis (its window and source length) alone: derived once
+    # per axis object, which the rules share between layers (Axis.derived)
+    where = [(n_source, lo, hi) for n_source, (lo, hi) in zip(plan.source_view_shape, plan.block)]
+    cut = tuple(axis.derived(("segments", *at), lambda: segments(e, at[0]))
+                for axis, e, at in zip(plan.axes, ext, where))
     noise_axis = plan.noise_axis if plan.has_noise else -1
     next_table, n_noise, wide, key = None, 1, False, 0
     free_scale = replica_scale = 0.0
     closed_along: dict[int, bool] = {}  # per noise-axis segment start
     if noise_axis >= 0:
-        lo, hi = plan.block[noise_axis]
-        next_window = plan.axes[noise_axis].next_replica[lo:hi]
-        sourced = ext[noise_axis] < plan.source_view_shape[noise_axis]
-        n_noise = len(plan.axes[noise_axis])
-        classes = int(ext[1 - noise_axis].max()) + 1 if ext[1 - noise_axis].numel() else 1
+        axis, other = plan.axes[noise_axis], plan.axes[1 - noise_axis]
+        n_source, lo, hi = where[noise_axis]
+        next_window = axis.next_replica[lo:hi]
+        n_noise = len(axis)
+        other_ext = ext[1 - noise_axis]
+        classes = other.derived(("classes", *where[1 - noise_axis]),
+                                lambda: int(other_ext.max()) + 1 if other_ext.numel() else 1)
         wide = classes * n_noise >= 2**32
         free_scale, replica_scale = scales(plan.noise_std)
         key = plan.noise_key
-        closed_along = {s.start: _closed(s, next_window, lo, sourced) for s in cut[noise_axis]}
+        sourced = ext[noise_axis] < n_source
+        closed_along = axis.derived(("closed", n_source, lo, hi), lambda: {
+            s.start: _closed(s, next_window, lo, sourced) for s in cut[noise_axis]})
         if not all(closed_along.values()):
-            next_table = next_window.to(device)
+            next_table = axis.derived(("next_table", lo, hi, device), lambda: next_window.to(device))
 
     pairs = []
     for seg_r in cut[0]:
         for seg_c in cut[1]:
             closed = closed_along[(seg_r, seg_c)[noise_axis].start] if noise_axis >= 0 else True
-            specials = bool((seg_r.base >= n_rows).any() or (seg_c.base >= n_cols).any())
-            pairs.append(SegmentPair(seg_r, seg_c, closed, specials))
+            pairs.append(SegmentPair(seg_r, seg_c, closed, seg_r.special or seg_c.special))
     side = SideInputs(source_view, row_means, col_means, total, maps[0][1], maps[1][1],
                       (plan.block[0][0], plan.block[1][0]), noise_axis, next_table, n_noise, wide,
                       key, free_scale, replica_scale)
