@@ -160,10 +160,35 @@ def _loop_lengths(sass: str) -> list[int]:
     return sorted(loops)
 
 
+def _compile_or_error(spec, arch: int):
+    try:
+        return compile_one(*spec[:3], arch)
+    except Exception as err:  # noqa: BLE001  (handed back to be reported, not raised)
+        return RuntimeError(f"{type(err).__name__}: {err}")
+
+
+def _compile_all(specs, args):
+    """Each specialization's metrics (or the error that stopped its compile), in order. The
+    compiles are independent and each runs LLVM and ptxas for a second or more on one core, so
+    they run in worker processes (spawned, not forked: the parent has torch's thread pools running)."""
+    from concurrent.futures import ProcessPoolExecutor
+    from functools import partial
+    from multiprocessing import get_context
+
+    work = partial(_compile_or_error, arch=args.arch)
+    if args.jobs <= 1:
+        yield from map(work, specs)
+        return
+    with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
+        yield from pool.map(work, [spec[:3] for spec in specs])
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", type=int, default=90, choices=[80, 90], help="sm_80 (A100) or sm_90 (H100)")
     parser.add_argument("--json", help="also write every number to this file")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                        help="compiles in parallel (default: one per CPU)")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         print("unset TRITON_INTERPRET: the report compiles real kernels", file=sys.stderr)
@@ -176,12 +201,10 @@ def main(argv=None) -> int:
     head = (f"{'dtype':<5} {'out':<4} {'noise':<5} {'next':<5} {'flags':<16} {'tile':>7} {'regs':>4} "
             f"{'spill':>5} {'ld.v':>4} {'st.v':>4} {'fma':>3} {'div':>3} {'tile':>6} {'+noise':>6} {'+other':>6}  example")
     print(head + "\n" + "-" * len(head))
-    for signature, constexprs, attrs, example, flags in specs:
-        try:
-            metrics = compile_one(signature, constexprs, attrs, args.arch)
-        except Exception as err:  # noqa: BLE001  (a failed compile is a finding, reported and counted)
+    for (signature, constexprs, attrs, example, flags), metrics in zip(specs, _compile_all(specs, args)):
+        if isinstance(metrics, Exception):  # a failed compile is a finding, reported and counted
             bad += 1
-            print(f"FAILED to compile {example}: {err}")
+            print(f"FAILED to compile {example}: {metrics}")
             continue
         per_thread = flags["BLOCK_R"] * flags["BLOCK_C"] / (32 * NUM_WARPS)
         metrics["sass_per_element"] = metrics["sass_instructions"] / per_thread
