@@ -12,6 +12,7 @@ the machine (this VM's memory is noisy) falls on both alike.
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 
@@ -43,7 +44,7 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", type=int, default=7)
     args = parser.parse_args(argv)
     for round_ in range(args.rounds):
-        for label, repo in (("before", args.before), ("after", args.after)):
+        for label, repo in (("before", os.path.abspath(args.before)), ("after", os.path.abspath(args.after))):
             out = subprocess.run([sys.executable, "-c", WORKER, repo, args.cases, str(args.runs)],
                                  capture_output=True, text=True, check=True).stdout
             for line in out.strip().splitlines():
