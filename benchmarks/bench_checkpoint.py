@@ -5,6 +5,7 @@ up-scaling of the same source.
     python benchmarks/bench_checkpoint.py [--quick] [--out benchmarks/results] [--workdir DIR] [--keep]
                                           [--runs 2] [--mergekit | --no-mergekit] [--mergekit-yaml PATH]
                                           [--max-shard-size 2GB] [--wait-quiet 0.5 --wait-max 900]
+                                          [--device cpu|cuda] [--backend auto]
 
 It writes its own source checkpoint under ``--workdir`` (default: a temporary directory under
 /tmp, removed at the end unless ``--keep``): a random Llama of hidden 2048, 16 layers, 32 heads
@@ -21,7 +22,8 @@ held in memory. Then, ``--runs`` times (default 3), in this order (alternating):
   largest tensor read and one block expanded), nothing written;
 * ``python -m lemon expand SRC DST --hidden-size 4096 --intermediate-size 11264
   --num-attention-heads 64 --num-key-value-heads 64 --max-shard-size 2GB --no-progress``
-  (0.95B -> 3.55B parameters, 7.1 GB of bf16 in 4 shards);
+  (0.95B -> 3.55B parameters, 7.1 GB of bf16 in 4 shards), plus ``--device cuda --backend B``
+  where asked (the tensors expanded on the GPU, read and written by the CPU);
 * ``cp -r DST DST-copy``: the ceiling, moving a checkpoint of the output's size on the same disk;
 * with mergekit (``--mergekit``, or by default where ``/tmp/mkvenv/bin/mergekit-yaml`` or a
   ``mergekit-yaml`` on the PATH exists; never in ``--quick`` unless asked): its depth up-scaling of
@@ -49,7 +51,8 @@ planning) and its wall time minus the imports-only run's, each over cp -r's (inf
 It prints a table (rows: lemon expand, cp -r, mergekit, cp -r of mergekit's output), writes every
 raw number (each run, the load average around it, whether the caches were dropped) plus machine
 info to ``<out>/bench_checkpoint.json`` and, where matplotlib is installed, a chart of wall times
-and peak RSS side by side to ``<out>/bench_checkpoint.png``. After the last run it checks lemon's
+and peak RSS side by side to ``<out>/bench_checkpoint.png`` (``bench_checkpoint_cuda.*`` with
+``--device cuda``). After the last run it checks lemon's
 output with ``lemon.checkpoint.open_checkpoint`` (every shard complete, every tensor's shape what
 the expanded config makes it) and, in ``--quick``, also with ``lemon verify`` (load both, compare
 outputs). ``--quick``: a tiny Llama (hidden 128, 2 layers, vocabulary 1000) expanded x2 in a few
@@ -371,11 +374,11 @@ ROWS = [("lemon", "lemon expand (x2 width)", "cp"), ("cp", "cp -r (lemon's outpu
         ("cp_mergekit", "cp -r (mergekit's output)", "cp_mergekit")]
 BASELINES = [("lemon_dry_run", "baseline: lemon --dry-run", None),
              ("imports", "baseline: imports only", None)]
-# what `python -m lemon expand` imports before it reads a byte (the C++ executor included)
+# what `python -m lemon expand` imports before it reads a byte (its executor included)
 IMPORTS = ("import torch, transformers, lemon.cli, lemon.checkpoint, lemon.rules\n"
            "from transformers import LlamaForCausalLM, LlamaConfig\n"
            "from lemon.backends import executor\n"
-           "executor('auto')\n")
+           "executor({backend!r}, torch.device({device!r}))\n")
 
 
 def table(record: dict) -> str:
@@ -548,6 +551,9 @@ def main(argv=None) -> int:
                         help="first wait for the 1-minute load average to fall below LOAD")
     parser.add_argument("--wait-max", type=float, default=900, metavar="S",
                         help="longest wait for --wait-quiet (then it runs anyway and records the load)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="lemon expand --device: where the tensors are expanded (default cpu)")
+    parser.add_argument("--backend", default="auto", help="lemon expand --backend (default auto)")
     args = parser.parse_args(argv)
     if args.runs is None:
         args.runs = 2 if args.quick else 3
@@ -555,6 +561,12 @@ def main(argv=None) -> int:
         parser.error("--runs must be at least 1")
 
     from lemon.safetensors_stream import nbytes_of, parse_size
+
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            parser.error("--device cuda: this torch sees no CUDA GPU")
 
     case = QUICK if args.quick else FULL
     max_shard = args.max_shard_size or case["max_shard_size"]
@@ -583,7 +595,7 @@ def main(argv=None) -> int:
     src_layers = case["source"]["num_hidden_layers"]
     slices = dus_slices(src_layers)
     name = (f"llama h{case['source']['hidden_size']} x{src_layers}L -> h{case['target']['hidden_size']} "
-            f"(x2 width), bf16")
+            f"(x2 width), bf16" + (f", on cuda ({args.backend})" if args.device == "cuda" else ""))
     # sizes known before anything is written: the disk check
     src_shapes = state_shapes(case["source"])
     out_shapes = state_shapes({**case["source"], **case["target"]})
@@ -615,7 +627,7 @@ def main(argv=None) -> int:
         for key, value in case["target"].items():
             sizes += [f"--{key.replace('_', '-')}", str(value)]
         expand = [sys.executable, "-m", "lemon", "expand", str(src), str(dst), *sizes,
-                  "--max-shard-size", max_shard, "--no-progress"]
+                  "--max-shard-size", max_shard, "--no-progress", "--device", args.device, "--backend", args.backend]
         env = lemon_env()
         if mk_yaml:
             mk.update(version=mergekit_version(mk_yaml), slices=slices, layers=mk_layers)
@@ -643,7 +655,8 @@ def main(argv=None) -> int:
             return rec
 
         for r in range(args.runs):
-            step("imports", [sys.executable, "-c", IMPORTS], None, env, [dst, dst_copy])
+            step("imports", [sys.executable, "-c", IMPORTS.format(backend=args.backend, device=args.device)], None,
+                 env, [dst, dst_copy])
             step("lemon_dry_run", expand + ["--dry-run"], None, env, [])
             rec = step("lemon", expand, dst, env, [dst])
             if rec["rc"] != 0:
@@ -687,7 +700,8 @@ def main(argv=None) -> int:
         "config": {"source_sizes": case["source"], "target_sizes": case["target"], "runs": args.runs,
                    "max_shard_size": max_shard, "max_shard_bytes": max_shard_bytes,
                    "source_shard_size": source_shard, "source_shard_bytes": source_shard_bytes,
-                   "lemon_command": expand, "workdir": str(work), "kept": args.keep},
+                   "lemon_command": expand, "workdir": str(work), "kept": args.keep,
+                   "device": args.device, "backend": args.backend},
         "source": source, "expected_output_bytes": out_bytes, "largest_output_tensor_bytes": largest_out,
         "drop_caches": {"asked": drop, "dropped": dropped, "summary": drop_summary},
         "runs": runs, "summary": summary,
@@ -729,10 +743,11 @@ def main(argv=None) -> int:
           + (f"; lemon verify: relative output difference {check['verify']['output_relative']:.2e} "
              f"({'PASS' if check['verify']['passed'] else 'FAIL'})" if "verify" in check else ""))
     print(f"\nbenchmark wall time {total:.0f}s" + ("" if args.keep else f"; removed {work}"))
-    (out / "bench_checkpoint.json").write_text(json.dumps(record, indent=1))
-    written = [out / "bench_checkpoint.json"]
-    if plot(record, out / "bench_checkpoint.png"):
-        written.append(out / "bench_checkpoint.png")
+    stem = out / ("bench_checkpoint" if args.device == "cpu" else f"bench_checkpoint_{args.device}")
+    stem.with_suffix(".json").write_text(json.dumps(record, indent=1))
+    written = [stem.with_suffix(".json")]
+    if plot(record, stem.with_suffix(".png")):
+        written.append(stem.with_suffix(".png"))
     print("wrote " + " and ".join(str(p) for p in written))
     return 0
 

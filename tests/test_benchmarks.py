@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 import lemon
 from lemon import native
 
@@ -16,6 +18,7 @@ BENCH = os.path.join(REPO, "benchmarks", "bench_expand.py")
 KERNELS = os.path.join(REPO, "benchmarks", "bench_kernels.py")
 COMPARE = os.path.join(REPO, "benchmarks", "compare.py")
 CHECKPOINT = os.path.join(REPO, "benchmarks", "bench_checkpoint.py")
+GPU_SESSION = os.path.join(REPO, "benchmarks", "gpu_session.sh")
 CPU_BACKENDS = ("reference", "cpp")  # what the scripts benchmark on a CPU (Triton's interpreter is not timed)
 
 
@@ -105,6 +108,8 @@ def test_bench_checkpoint_measures_lemon_expand_against_cp(tmp_path):
     assert record["machine"]["cpu_model"] is not None and record["machine"]["torch"]
     assert record["mergekit"]["ran"] is False and record["mergekit"]["reason"]  # --quick: no mergekit
     assert record["source"]["largest_tensor"]["bytes"] > 0 and record["config"]["max_shard_bytes"] > 0
+    assert record["config"]["device"] == "cpu" and record["config"]["lemon_command"][-4:] == [
+        "--device", "cpu", "--backend", "auto"]
     for what in ("lemon_dry_run", "lemon", "cp"):
         runs = [r for r in record["runs"] if r["what"] == what]
         assert len(runs) == 1, what
@@ -126,6 +131,21 @@ def test_bench_checkpoint_measures_lemon_expand_against_cp(tmp_path):
     model = transformers.AutoModelForCausalLM.from_pretrained(dst)
     assert model.config.hidden_size == 2 * record["config"]["source_sizes"]["hidden_size"]
     assert (tmp_path / "bench_checkpoint.png").exists()
+
+
+def test_gpu_session_without_a_gpu_records_the_machine_and_stops(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the script would run its whole session")
+    out = tmp_path / "out"
+    proc = subprocess.run(["bash", GPU_SESSION], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OUT": str(out), "PYTHON": sys.executable})
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "no CUDA GPU here" in proc.stdout and "REHEARSE=1" in proc.stdout
+    env = (out / "env.log").read_text()
+    assert f"torch {torch.__version__}" in env and "gpu None" in env
+    assert not (out / "build.log").exists()  # nothing built or run past the check
 
 
 def _result(name: str, expand_s: list[float], backends: dict | None = None) -> dict:

@@ -19,7 +19,7 @@ import torch
 
 import lemon
 from lemon import checkpoint as ckpt
-from lemon import output_stream
+from lemon import native, output_stream
 from lemon.checkpoint import CheckpointError, expand_checkpoint, open_checkpoint, verify_checkpoint
 from lemon.output_stream import OutputStream
 from lemon.safetensors_stream import FormatError, ShardWriter, parse_size, read_header
@@ -182,6 +182,25 @@ def test_device_cuda_without_a_gpu_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="sees no CUDA GPU"):
         expand_checkpoint(src, tmp_path / "dst", hidden_size=48, device="cuda", progress=False, log=lambda _: None)
     assert not (tmp_path / "dst").exists()
+
+
+GPU_BACKENDS = ["auto", "triton"] + (["cuda"] if native.has_cuda_executor() else [])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (without one, the refusal above)")
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_device_cuda_writes_the_bits_of_device_cpu(backend, tmp_path):
+    """--device cuda: the same files' tensors as on the CPU, also in row blocks and in bf16."""
+    src = save("llama", tmp_path / "src")
+    sizes = SIZES["llama"]
+    for dtype in ("float32", "bfloat16"):
+        cpu, gpu = tmp_path / f"cpu-{dtype}", tmp_path / f"gpu-{dtype}"
+        expand_checkpoint(src, cpu, **sizes, dtype=dtype, progress=False, log=lambda _: None)
+        expand_checkpoint(src, gpu, **sizes, dtype=dtype, device="cuda", backend=backend, block_bytes=256,
+                          progress=False, log=lambda _: None)
+        want, got = load(cpu).state_dict(), load(gpu).state_dict()
+        for name, tensor in want.items():
+            assert torch.equal(got[name], tensor), (dtype, name)
 
 
 def test_an_existing_destination_is_replaced_only_with_overwrite_and_only_when_complete(tmp_path):
