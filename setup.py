@@ -4,7 +4,8 @@ Built against the torch that is installed (hence ``pip install --no-build-isolat
 executor is built everywhere a C++17 compiler is; the CUDA executor where torch has CUDA and a
 CUDA toolkit is found. Nothing here can make the install fail: without torch, with
 ``LEMON_NO_EXT=1``, or when compiling fails, lemon installs without ``lemon._C`` and its
-reference executor works; ``backend="cpp"`` then says how to build it. What was built is
+reference executor works; ``backend="cpp"`` then says how to build it. When only the CUDA part
+fails to compile, the CPU executor is built alone (``LEMON_NO_CUDA=1`` skips the CUDA part). What was built is
 printed (``pip install -v`` shows it) and reported by ``lemon info``.
 """
 import os
@@ -39,6 +40,10 @@ def extension_setup() -> dict:
             "pip install --no-build-isolation -e .")
         return {}
 
+    def cpu_only() -> "cpp_extension.CppExtension":
+        return cpp_extension.CppExtension("lemon._C", CPU_SOURCES, extra_compile_args={"cxx": CXX_FLAGS + OPENMP},
+                                          extra_link_args=OPENMP)
+
     with_cuda = (torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
                  and os.environ.get("LEMON_NO_CUDA") != "1")
     if with_cuda:
@@ -51,22 +56,36 @@ def extension_setup() -> dict:
             extra_link_args=OPENMP)
         built = f"the CPU and CUDA executors (CUDA archs {os.environ['TORCH_CUDA_ARCH_LIST']})"
     else:
-        extension = cpp_extension.CppExtension("lemon._C", CPU_SOURCES, extra_compile_args={"cxx": CXX_FLAGS + OPENMP},
-                                               extra_link_args=OPENMP)
+        extension = cpu_only()
         built = ("the CPU executor (no CUDA: " + ("torch has no CUDA" if torch.version.cuda is None
                                                    else "no CUDA toolkit found") + ")")
 
     class BuildExtension(cpp_extension.BuildExtension):
-        """torch's builder, made optional: a failure leaves lemon installable without lemon._C."""
+        """torch's builder, made optional: a failure leaves lemon installable without lemon._C,
+        and a failure of the CUDA part leaves the CPU executor (the Triton kernels need neither)."""
 
         def build_extension(self, ext):
             try:
                 super().build_extension(ext)
-            except Exception as error:  # a compiler missing or failing, a torch ABI mismatch
-                say(f"building the C++ extension failed ({type(error).__name__}: {error}); lemon works "
-                    "without it (reference executor). To retry: pip install --no-build-isolation -v -e .")
+                say(f"built lemon._C with {built}")
                 return
-            say(f"built lemon._C with {built}")
+            except Exception as error:  # a compiler missing or failing, a torch ABI mismatch
+                failure = f"{type(error).__name__}: {error}"
+            if with_cuda:
+                say(f"building the CUDA executor failed ({failure}); building the CPU executor alone "
+                    "(LEMON_NO_CUDA=1 skips this attempt)")
+                fallback = cpu_only()
+                for attribute in ("sources", "include_dirs", "library_dirs", "libraries", "define_macros",
+                                  "extra_compile_args", "extra_link_args"):  # the same object: setuptools
+                    setattr(ext, attribute, getattr(fallback, attribute))  # keeps its own state on it
+                try:
+                    super().build_extension(ext)
+                    say("built lemon._C with the CPU executor only: backend 'cuda' is not available")
+                    return
+                except Exception as error:
+                    failure = f"{type(error).__name__}: {error}"
+            say(f"building the C++ extension failed ({failure}); lemon works without it (reference "
+                "executor). To retry: pip install --no-build-isolation -v -e .")
 
     return {"ext_modules": [extension], "cmdclass": {"build_ext": BuildExtension}}
 
