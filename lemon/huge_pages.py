@@ -10,6 +10,14 @@ by it; only the kernel's paging of it changes. Elsewhere (``always``: already so
 Linux) this does nothing, and ``LEMON_HUGE_PAGES=0`` turns it off: where memory is fragmented,
 a kernel whose THP ``defrag`` setting compacts memory on such faults can make them slower
 instead (an earlier measurement on this project's VM saw that).
+
+Not on a VM whose balloon reports free pages to the host (virtio's free-page reporting): the
+guest hands free 2 MiB blocks back, the host drops their memory, and a huge-page fault is
+served from exactly such blocks, so each one waits for the host to map memory in again, while
+4 KiB faults mostly reuse pages the guest freed recently. On such a VM (2-core, 2026-12-07) the
+first expansion in a fresh process took 2.0-2.7 s on huge pages against 0.66-0.78 s without
+(GPT-2 -> 1024/4096), 4.8-6.2 s against 1.0-1.4 s (Llama 1024 -> 2048, bf16). There the default
+is off; ``LEMON_HUGE_PAGES=1`` asks for huge pages anyway.
 """
 from __future__ import annotations
 
@@ -25,10 +33,39 @@ SMALLEST = 2 * HUGE_PAGE  # below this an allocation may come from warm heap mem
 MADV_HUGEPAGE = 14
 
 
+VIRTIO_DEVICES = "/sys/bus/virtio/devices"
+VIRTIO_ID_BALLOON = 5
+VIRTIO_BALLOON_F_REPORTING = 5  # the feature bit: free-page reporting
+
+
+def reports_free_pages(devices: str = VIRTIO_DEVICES) -> bool:
+    """Whether a virtio balloon here has free-page reporting on (its ``features`` file: one
+    character per feature bit, as negotiated with the host)."""
+    try:
+        names = os.listdir(devices)
+    except OSError:
+        return False
+    for name in names:
+        try:
+            with open(os.path.join(devices, name, "device")) as f:
+                device = int(f.read().strip(), 16)
+            with open(os.path.join(devices, name, "features")) as f:
+                features = f.read().strip()
+        except (OSError, ValueError):
+            continue
+        if device == VIRTIO_ID_BALLOON and features[VIRTIO_BALLOON_F_REPORTING:][:1] == "1":
+            return True
+    return False
+
+
 @functools.cache
 def _madvise():
-    """libc's madvise where asking helps (Linux, THP in ``madvise`` mode), else None."""
-    if not sys.platform.startswith("linux") or os.environ.get("LEMON_HUGE_PAGES") == "0":
+    """libc's madvise where asking helps (Linux, THP in ``madvise`` mode, no free-page reporting
+    unless ``LEMON_HUGE_PAGES=1``), else None."""
+    setting = os.environ.get("LEMON_HUGE_PAGES")
+    if not sys.platform.startswith("linux") or setting == "0":
+        return None
+    if setting != "1" and reports_free_pages():
         return None
     try:
         with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:

@@ -71,7 +71,7 @@ def test_bench_expand_times_every_backend(tmp_path):
         assert _positive(this["expand_first_s"]), name
         for key in ("expand_s", "expand_noise0_s"):
             assert this[key] and all(_positive(t) for t in this[key]), (name, key)
-        for key in ("expand_s", "expand_noise0_s", "ratio_clone", "ratio_copy", "gb_per_s"):
+        for key in ("expand_s", "expand_noise0_s", "ratio_clone", "ratio_clone_best", "ratio_copy", "gb_per_s"):
             assert _positive(this["summary"][key]), (name, key)
         assert this["peak_rss_bytes"] > 0
     assert (tmp_path / "bench_expand.png").exists()
