@@ -100,7 +100,7 @@ def test_bad_operator_arguments_are_refused_with_the_reason(change, message):
 # ---------------------------------------------------------------- the MEAN side input in C++
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("shape", [(1, 1), (1, 7), (9, 1), (3, 5), (17, 33), (1000, 3), (5, 4099), (257, 129)])
+@pytest.mark.parametrize("shape", [(1, 1), (1, 7), (9, 1), (3, 5), (17, 33), (1000, 3), (5, 4099), (257, 129), (45, 768)])
 def test_the_cpp_mean_is_the_pairwise_tree_bit_for_bit(dtype, shape):
     """lemon.native.mean_along against lemon.plan.mean_along (itself checked against the tree
     written out in Python floats in test_reference.py), on any thread count and on a view."""
