@@ -53,7 +53,8 @@ def reports_free_pages(devices: str = VIRTIO_DEVICES) -> bool:
                 features = f.read().strip()
         except (OSError, ValueError):
             continue
-        if device == VIRTIO_ID_BALLOON and features[VIRTIO_BALLOON_F_REPORTING:][:1] == "1":
+        if (device == VIRTIO_ID_BALLOON and len(features) > VIRTIO_BALLOON_F_REPORTING
+                and features[VIRTIO_BALLOON_F_REPORTING] == "1"):
             return True
     return False
 
