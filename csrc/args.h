@@ -76,7 +76,9 @@ inline const void* side_input(const char* name, const std::optional<at::Tensor>&
   return t->data_ptr();
 }
 
-inline SegmentArgs segment_args(LEMON_SEGMENT_PARAMS, bool check_values) {
+// `row_means_in_pass`: the executor takes each source row's mean itself (the CPU one), so MEAN
+// columns may come without row_means.
+inline SegmentArgs segment_args(LEMON_SEGMENT_PARAMS, bool check_values, bool row_means_in_pass = false) {
   TORCH_CHECK(source.dim() == 2 && out.dim() == 2, "lemon: source and out are 2-D views");
   TORCH_CHECK(source.scalar_type() == out.scalar_type(), "lemon: out must have the source's dtype (",
               source.scalar_type(), "), got ", out.scalar_type());
@@ -110,7 +112,7 @@ inline SegmentArgs segment_args(LEMON_SEGMENT_PARAMS, bool check_values) {
   if (check_values) {  // MEAN indices read the means of the other axis: they must be there
     const bool mean_row = uses_mean(a.row, row_base, a.n_src_rows), mean_col = uses_mean(a.col, col_base, a.n_src_cols);
     TORCH_CHECK(!mean_row || a.col_means, "lemon: a MEAN row needs col_means");
-    TORCH_CHECK(!mean_col || a.row_means, "lemon: a MEAN column needs row_means");
+    TORCH_CHECK(!mean_col || a.row_means || row_means_in_pass, "lemon: a MEAN column needs row_means");
     TORCH_CHECK(!(mean_row && mean_col) || a.total_mean, "lemon: MEAN rows and columns need total_mean");
   }
   if (next_index.has_value()) {

@@ -39,7 +39,8 @@ ChosenBlockFn& chosen_block_fn() {
 cpu::BlockFn block_fn() { return chosen_block_fn().fn.load(); }
 
 void expand_segment_cpu(LEMON_SEGMENT_PARAMS) {
-  const SegmentArgs a = segment_args(LEMON_SEGMENT_ARGS, /*check_values=*/true);
+  // row_means may be None where MEAN columns are: the block function then takes them in its pass
+  const SegmentArgs a = segment_args(LEMON_SEGMENT_ARGS, /*check_values=*/true, /*row_means_in_pass=*/true);
   const Dtype dtype = dtype_of(source);
   const int64_t rows = a.row.bases(), cols = a.col.bases();
   if (rows == 0 || cols == 0) return;

@@ -75,12 +75,14 @@ def require(what: str) -> None:
                            f"torch had no CUDA or no CUDA toolkit was found); {BUILD_HINT}")
 
 
-def segment_calls(plan: TensorPlan, source: torch.Tensor, out: torch.Tensor) -> list[tuple]:
+def segment_calls(plan: TensorPlan, source: torch.Tensor, out: torch.Tensor,
+                  row_means: bool = True) -> list[tuple]:
     """The operator's arguments, one tuple per segment pair, that fill ``out`` (the plan's window,
-    checked by :func:`lemon.segments.check_out`) from ``source``."""
+    checked by :func:`lemon.segments.check_out`) from ``source``. ``row_means=False``: MEAN
+    columns without their side input, which the CPU executor takes in its pass."""
     if out.numel() == 0:
         return []
-    side, pairs = fused_work(plan, source, mean_along if source.device.type == "cpu" else None)
+    side, pairs = fused_work(plan, source, mean_along if source.device.type == "cpu" else None, row_means)
     (r0, r1), (c0, c1) = plan.block
     block = out.view(r1 - r0, c1 - c0)
     device = source.device
@@ -103,10 +105,11 @@ def mean_along(x: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.ops.lemon.mean_along(x, dim)
 
 
-def run_plan(op, plan: TensorPlan, source: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+def run_plan(op, plan: TensorPlan, source: torch.Tensor, out: torch.Tensor | None,
+             row_means: bool = True) -> torch.Tensor:
     """Fill the plan's window with ``op``, one call per segment pair."""
     out = check_out(plan, source, out)
-    for args in segment_calls(plan, source, out):
+    for args in segment_calls(plan, source, out, row_means):
         op(*args)  # on torch's thread count (the bookkeeping before it ran on one: lemon/serial.py)
     return out
 
@@ -114,7 +117,8 @@ def run_plan(op, plan: TensorPlan, source: torch.Tensor, out: torch.Tensor | Non
 def execute_cpu(plan: TensorPlan, source: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """The C++ CPU executor (``backend="cpp"``): CPU tensors."""
     require("cpp")
-    return run_plan(torch.ops.lemon.expand_segment, plan, source, out)
+    # the row means of MEAN columns: taken in the executor's pass over each row, not in one before
+    return run_plan(torch.ops.lemon.expand_segment, plan, source, out, row_means=False)
 
 
 def execute_cuda(plan: TensorPlan, source: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:

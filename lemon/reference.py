@@ -59,8 +59,12 @@ def _take(x: torch.Tensor, dim: int, index: torch.Tensor | None) -> torch.Tensor
 
 
 def _put(x: torch.Tensor, dim: int, index: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    if dim == 0:
-        return x.index_copy_(0, index, values)
+    if dim == 0 or (x.element_size() == 2 and x.device.type == "cpu"):
+        # fp16/bf16 on the CPU: torch's scatter_ costs as much as the whole tensor, not the
+        # elements written (20 columns of a 1000 x 20000 fp16 tensor: 43 ms, fp32 0.25 ms), and
+        # chunks scattered by two threads into one output lost each other's writes (zeros where
+        # values were); index_copy_ writes just the indexed columns, as fast as fp32's scatter_
+        return x.index_copy_(dim, index, values)
     return x.scatter_(1, index.expand(x.shape[0], -1), values)
 
 

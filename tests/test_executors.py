@@ -184,6 +184,27 @@ def test_specials_on_both_axes(fused):
         assert_same_bits(fused, plan, torch.randn(2, 5, generator=torch.Generator().manual_seed(9)).to(dtype))
 
 
+@pytest.mark.parametrize("n_src_cols,col_copies", [(769, 1), (300, 64), (1, 3)])
+@pytest.mark.parametrize("noise_axis", [None, 0])  # (noise on the columns cannot read MEAN)
+def test_mean_columns_without_mean_rows(n_src_cols, col_copies, noise_axis, fused):
+    """MEAN columns only: the C++ executor takes each source row's mean in its own pass (no
+    row_means side input) and must give mean_along's bits, on rows wide enough for every level
+    of the tree (769: odd carries), and with the row cut into column tiles (300 columns times 64
+    copies: 256-column tiles, each taking the whole row's mean)."""
+    n_src_rows = 7
+    cols = torch.cat([torch.arange(n_src_cols * col_copies) % n_src_cols, torch.tensor([MEAN, ONE, MEAN])])
+    rows = maps.circular(2 * n_src_rows + 3, n_src_rows)
+    axes = (Axis(rows, maps.split_scale(rows)), Axis(cols))
+    plan = TensorPlan(name="m", source="m", source_shape=(n_src_rows, n_src_cols), shape=(len(rows), len(cols)),
+                      split=1, axes=axes, noise_axis=noise_axis, noise_std=0.0 if noise_axis is None else 0.02,
+                      noise_key=tensor_key(4, "m"))
+    assert plan.axes[1].has_mean and not plan.axes[0].has_mean
+    source = torch.randn(n_src_rows, n_src_cols, generator=torch.Generator().manual_seed(n_src_cols)) + 3.0
+    for dtype in DTYPES:
+        assert_same_bits(fused, plan, source.to(dtype))
+    assert_same_bits(fused, plan.restrict(0, 3, 12), source)
+
+
 def test_counters_above_2_pow_32_take_the_wide_path(fused):
     """class * len(noise axis) crosses 2^32: the other axis holds source rows up to 69999 (and
     MEAN, class 70000) of a 70000 x 16 source, the noise axis is 70001 long; class 61355's

@@ -176,25 +176,32 @@ MARKED = re.compile(r"lemon: vectorized \((\w+)\)")
 @pytest.mark.skipif(shutil.which("g++") is None, reason="no g++ (the extension is built with it on CI)")
 @pytest.mark.parametrize("isa", ["generic", "avx2", "avx512"])
 def test_the_cpu_hot_loops_vectorize(isa, tmp_path):
-    """GCC's own report (-fopt-info-vec) for the loops marked "lemon: vectorized" in kernel.inc,
-    compiled with the extension's flags: every marked loop vectorizes, the element loop in every
-    dtype and variant (4 dtypes x 8 scale/noise variants; two fp32/fp64 copies become memcpy),
-    at the variant's full width."""
+    """GCC's own report (-fopt-info-vec) for the loops marked "lemon: vectorized" in kernel.inc
+    and the mean tree it includes, compiled with the extension's flags: every marked loop
+    vectorizes, the element loop in every dtype and variant (4 dtypes x 8 scale/noise variants;
+    two fp32/fp64 copies become memcpy), at the variant's full width."""
     if isa != "generic" and not sys.platform.startswith("linux"):
         pytest.skip("the x86 variants are built on Linux/x86 only")
-    lines = (CSRC / "cpu" / "kernel.inc").read_text().splitlines()
-    marked = {i + 1: MARKED.search(line).group(1) for i, line in enumerate(lines) if MARKED.search(line)}
-    assert len(marked) == 5
+    marked = {}  # (file name, line) -> the loop's name
+    for name in ("kernel.inc", "mean_tree.h"):
+        lines = (CSRC / "cpu" / name).read_text().splitlines()
+        marked.update({(name, i + 1): MARKED.search(line).group(1) for i, line in enumerate(lines)
+                       if MARKED.search(line)})
+    assert sorted(marked.values()) == ["centred_affine", "centred_classes", "load_run", "pairwise_tree",
+                                       "replica_noise", "row_mean", "write_run"]
     result = subprocess.run(["g++", "-std=c++17", "-O3", "-ffp-contract=off", "-fno-fast-math", "-fPIC", "-c",
                              str(CSRC / "cpu" / f"kernel_{isa}.cpp"), "-o", str(tmp_path / "k.o"),
                              "-fopt-info-vec-optimized"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
-    counts = {line: len(re.findall(rf"kernel\.inc:{line}:\d+: optimized: loop vectorized using (\d+) byte",
-                                   result.stderr)) for line in marked}
-    assert all(counts[line] >= 1 for line in marked), {marked[line]: counts[line] for line in marked}
-    element_loop = next(line for line, name in marked.items() if name == "write_run")
-    widths = re.findall(rf"kernel\.inc:{element_loop}:\d+: optimized: loop vectorized using (\d+) byte",
-                        result.stderr)
+
+    def vectorized(where):
+        name, line = where
+        return re.findall(rf"{re.escape(name)}:{line}:\d+: optimized: loop vectorized using (\d+) byte",
+                          result.stderr)
+    counts = {where: len(vectorized(where)) for where in marked}
+    assert all(counts[where] >= 1 for where in marked), {marked[where]: counts[where] for where in marked}
+    element_loop = next(where for where, name in marked.items() if name == "write_run")
+    widths = vectorized(element_loop)
     # baseline x86-64 (SSE2) has no per-lane variable shift: its fp16 rounding stays scalar
     widest, expected = {"generic": ("16", 24 - 2), "avx2": ("32", 32 - 2), "avx512": ("64", 32 - 2)}[isa]
     assert sum(width == widest for width in widths) >= expected, widths

@@ -606,6 +606,33 @@ def test_half_precision_is_fp32_arithmetic_rounded_once(dtype, noise_axis):
     check(plan, low, out)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_chunks_written_by_two_threads_keep_each_others_values(dtype, monkeypatch):
+    """Noise on the rows: the chunks walk the columns in class order, so replicated columns are
+    scattered (not copied as a run) into the one output by two worker threads. torch's scatter_
+    on fp16/bf16 CPU tensors lost other threads' writes (zeros); the result must be the
+    single-threaded one and fp32's rounded once."""
+    from lemon import maps
+
+    rows, cols = maps.circular(50, 20), maps.circular(300, 70)
+    plan = TensorPlan(name="h.weight", source="h.weight", source_shape=(20, 70), shape=(50, 300), split=1,
+                      axes=(Axis(rows, maps.split_scale(rows)), Axis(cols)), noise_axis=0, noise_std=0.02,
+                      noise_key=tensor_key(3, "h.weight"))
+    source = (torch.randn(20, 70, generator=torch.Generator().manual_seed(3)) + 2.0).to(dtype)
+    monkeypatch.setattr(reference, "CHUNK_ELEMENTS", 500)  # 10 columns a chunk: 30 chunks
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        alone = execute(plan, source)
+        torch.set_num_threads(2)
+        for _ in range(3):
+            assert torch.equal(execute(plan, source), alone)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(alone, execute(plan, source.float()).to(dtype))
+    assert (alone != 0).all()
+
+
 # ---------------------------------------------------------------- axes and masks
 
 def test_new_mask_marks_later_replicas_and_specials_as_new():

@@ -20,6 +20,7 @@ struct Run {
 // centred integers and noise of its replicas (sized by the block, not by the tensor).
 struct Workspace {
   std::vector<double> values, noise;  // acc-typed through reinterpret (fp32 uses half of each)
+  std::vector<double> tree;           // a source row widened to fp64 for its mean (MEAN columns)
   std::vector<int32_t> centred;
   std::vector<uint32_t> classes;
   std::vector<uint8_t> zero_col;

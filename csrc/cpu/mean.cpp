@@ -16,22 +16,10 @@
 #include <vector>
 
 #include "block_pool.h"
+#include "mean_tree.h"
 
 namespace lemon {
 namespace {
-
-// The tree over `n` lines of `width` fp64 values each, stored line after line in buf; the
-// result is left in the first line.
-void pairwise_tree(double* buf, int64_t n, int64_t width) {
-  while (n > 1) {
-    const int64_t half = n / 2;
-    double* __restrict low = buf;
-    const double* __restrict high = buf + half * width;
-    for (int64_t k = 0; k < half * width; ++k) low[k] += high[k];
-    if (n % 2) std::copy(buf + 2 * half * width, buf + (2 * half + 1) * width, buf + half * width);
-    n = half + n % 2;
-  }
-}
 
 // fp32, bf16 and fp16 values are exact as floats, hence as doubles
 template <typename T>
@@ -54,7 +42,7 @@ void mean_rows_of(const at::Tensor& x, int64_t dim, double* out) {
       for (int64_t r = b * per_block; r < std::min(rows, (b + 1) * per_block); ++r) {
         const T* row = data + r * row_stride;
         for (int64_t c = 0; c < cols; ++c) buf[c] = widen(row[c]);
-        pairwise_tree(buf.data(), cols, 1);
+        cpu::pairwise_tree(buf.data(), cols, 1);
         out[r] = buf[0] / static_cast<double>(cols);
       }
     });
@@ -68,7 +56,7 @@ void mean_rows_of(const at::Tensor& x, int64_t dim, double* out) {
         const T* row = data + r * row_stride + c0;
         for (int64_t c = 0; c < width; ++c) buf[r * width + c] = widen(row[c]);
       }
-      pairwise_tree(buf.data(), rows, width);
+      cpu::pairwise_tree(buf.data(), rows, width);
       for (int64_t c = 0; c < width; ++c) out[c0 + c] = buf[c] / static_cast<double>(rows);
     });
   }
