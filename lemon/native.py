@@ -76,13 +76,14 @@ def require(what: str) -> None:
 
 
 def segment_calls(plan: TensorPlan, source: torch.Tensor, out: torch.Tensor,
-                  row_means: bool = True) -> list[tuple]:
+                  row_means_in_pass: bool = False) -> list[tuple]:
     """The operator's arguments, one tuple per segment pair, that fill ``out`` (the plan's window,
-    checked by :func:`lemon.segments.check_out`) from ``source``. ``row_means=False``: MEAN
-    columns without their side input, which the CPU executor takes in its pass."""
+    checked by :func:`lemon.segments.check_out`) from ``source``. ``row_means_in_pass``:
+    MEAN columns without their side input, which the CPU executor takes in its pass."""
     if out.numel() == 0:
         return []
-    side, pairs = fused_work(plan, source, mean_along if source.device.type == "cpu" else None, row_means)
+    side, pairs = fused_work(plan, source, mean_along if source.device.type == "cpu" else None,
+                             row_means_in_pass)
     (r0, r1), (c0, c1) = plan.block
     block = out.view(r1 - r0, c1 - c0)
     device = source.device
@@ -106,10 +107,10 @@ def mean_along(x: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 def run_plan(op, plan: TensorPlan, source: torch.Tensor, out: torch.Tensor | None,
-             row_means: bool = True) -> torch.Tensor:
+             row_means_in_pass: bool = False) -> torch.Tensor:
     """Fill the plan's window with ``op``, one call per segment pair."""
     out = check_out(plan, source, out)
-    for args in segment_calls(plan, source, out, row_means):
+    for args in segment_calls(plan, source, out, row_means_in_pass):
         op(*args)  # on torch's thread count (the bookkeeping before it ran on one: lemon/serial.py)
     return out
 
@@ -118,7 +119,7 @@ def execute_cpu(plan: TensorPlan, source: torch.Tensor, out: torch.Tensor | None
     """The C++ CPU executor (``backend="cpp"``): CPU tensors."""
     require("cpp")
     # the row means of MEAN columns: taken in the executor's pass over each row, not in one before
-    return run_plan(torch.ops.lemon.expand_segment, plan, source, out, row_means=False)
+    return run_plan(torch.ops.lemon.expand_segment, plan, source, out, row_means_in_pass=True)
 
 
 def execute_cuda(plan: TensorPlan, source: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:

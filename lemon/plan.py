@@ -251,17 +251,17 @@ class TensorPlan:
         block[axis] = (lo + start, lo + stop)
         return replace(self, window=tuple(block))
 
-    def means(self, source_view: torch.Tensor, mean=None, row_means: bool = True
+    def means(self, source_view: torch.Tensor, mean=None, row_means_in_pass: bool = False
               ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
         """The side input of MEAN indices, fp64 (see :func:`mean_along`), computed only where the
         plan uses it: (per source row, its mean along axis 1: for MEAN columns; per source
         column, its mean along axis 0: for MEAN rows; the mean of the row means: for both).
         ``mean``: another implementation of :func:`mean_along` with its bits (the C++ one).
-        ``row_means=False``: not the row means unless the total needs them (an executor that
-        takes each row's mean in its own pass)."""
+        ``row_means_in_pass``: for an executor that takes each row's mean in its own pass: no
+        row means unless the total needs them."""
         mean = mean or mean_along
         mean_rows, mean_cols = (a.has_mean for a in self.axes)
-        row_means = mean(source_view, 1) if mean_cols and (row_means or mean_rows) else None
+        row_means = mean(source_view, 1) if mean_cols and (mean_rows or not row_means_in_pass) else None
         col_means = mean(source_view, 0) if mean_rows else None
         total = mean(row_means[:, None], 0) if mean_rows and mean_cols else None
         return row_means, col_means, total

@@ -136,17 +136,16 @@ def check_out(plan: TensorPlan, source: torch.Tensor, out: torch.Tensor | None) 
 
 
 def fused_work(plan: TensorPlan, source: torch.Tensor, mean=None,
-               row_means: bool = True) -> tuple[SideInputs, list[SegmentPair]]:
+               row_means_in_pass: bool = False) -> tuple[SideInputs, list[SegmentPair]]:
     """The side inputs and the segment pairs that together fill the plan's window. Needs no
     output (and the source's values only for MEAN side inputs): meta tensors work. ``mean``:
     an implementation of :func:`lemon.plan.mean_along` with its bits (the C++ one, on all
     threads: the means read the whole source; the rest is bookkeeping, on one thread).
-    ``row_means=False``: for an executor that takes each source row's mean in its own pass
-    (:meth:`TensorPlan.means`)."""
+    ``row_means_in_pass``: see :meth:`TensorPlan.means`."""
     source_view = source.reshape(plan.source_view_shape)
     if source_view.numel() and source_view.stride(-1) != 1:
         source_view = source_view.contiguous()
-    return _cut(plan, source_view, plan.means(source_view, mean, row_means))
+    return _cut(plan, source_view, plan.means(source_view, mean, row_means_in_pass))
 
 
 @one_thread()  # bookkeeping on small tensors: see lemon/serial.py
