@@ -14,7 +14,7 @@ import sys
 from setuptools import setup
 
 CPU_SOURCES = ["csrc/ops.cpp", "csrc/cpu/block_pool.cpp", "csrc/cpu/dispatch.cpp", "csrc/cpu/kernel_generic.cpp",
-               "csrc/cpu/kernel_avx2.cpp", "csrc/cpu/kernel_avx512.cpp", "csrc/cpu/mean.cpp"]
+               "csrc/cpu/kernel_avx2.cpp", "csrc/cpu/kernel_avx512.cpp", "csrc/cpu/mean.cpp", "csrc/cpu/populate.cpp"]
 CUDA_SOURCES = ["csrc/cuda/ops_cuda.cpp", "csrc/cuda/expand_segment.cu"]
 # -ffp-contract=off: a fused multiply-add rounds once where the reference rounds twice
 CXX_FLAGS = ["-O3", "-ffp-contract=off", "-fno-fast-math"]

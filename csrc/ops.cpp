@@ -12,6 +12,7 @@
 #include "args.h"
 #include "cpu/block_pool.h"
 #include "cpu/kernel.h"
+#include "cpu/populate.h"
 
 namespace lemon {
 namespace {
@@ -127,4 +128,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         return previous;
       },
       "use the CPU loops compiled for one instruction set (tests compare them); returns the previous");
+  m.def(
+      "populate",
+      [](const at::Tensor& t) {
+        TORCH_CHECK(t.device().is_cpu() && t.is_contiguous(), "lemon: populate takes a contiguous CPU tensor");
+        pybind11::gil_scoped_release no_gil;  // other Python threads run on while the pages map in
+        return lemon::cpu::populate_pages(t.data_ptr(), t.nbytes(), at::get_num_threads());
+      },
+      "map in the whole pages of a fresh CPU tensor on torch's thread count (see csrc/cpu/populate.cpp); "
+      "False where the kernel cannot");
 }

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import huge_pages
+from . import fresh_outputs
 from .noise import scales
 from .plan import TensorPlan
 from .reference import compute_dtype
@@ -126,7 +126,7 @@ def check_out(plan: TensorPlan, source: torch.Tensor, out: torch.Tensor | None) 
         raise TypeError(f"{plan.name}: lemon's fused executors handle fp32, fp64, bf16 and fp16, not {source.dtype}")
     (r0, r1), (c0, c1) = plan.block
     if out is None:
-        return huge_pages.empty(plan.output_shape, source.dtype, source.device)
+        return fresh_outputs.empty(plan.output_shape, source.dtype, source.device)
     if (out.dtype != source.dtype or out.numel() != (r1 - r0) * (c1 - c0) or not out.is_contiguous()
             or out.device != source.device):
         raise ValueError(f"{plan.name}: out must be a contiguous {source.dtype} tensor of "
