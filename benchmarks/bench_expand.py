@@ -577,7 +577,8 @@ def plot(results: list[dict], path: Path, title: str) -> bool:
                        label="lemon.expand, first (cold) run" if k == 0 else None)
             for x, this in firsts:
                 top = max(this["summary"]["expand_s"], this["expand_first_s"])
-                ax.annotate(f"{this['summary']['ratio_clone']:.0f}x\nclone", (x, top), ha="center",
+                ratio = this["summary"]["ratio_clone"]
+                ax.annotate(f"{ratio:.1f}x\nclone" if ratio < 10 else f"{ratio:.0f}x\nclone", (x, top), ha="center",
                             va="bottom", fontsize=7, fontweight="bold", xytext=(0, 9),
                             textcoords="offset points")
     ax.set_yscale("log")
