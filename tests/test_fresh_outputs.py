@@ -1,6 +1,7 @@
 """Fresh executor outputs (lemon.fresh_outputs): on huge pages where asked, mapped in before the writes."""
 from __future__ import annotations
 
+import mmap
 import resource
 
 import pytest
@@ -118,27 +119,49 @@ def prefault(monkeypatch):
     fresh_outputs._madvise.cache_clear()
 
 
+def fresh_mapping(nbytes: int):
+    """A float32 tensor on a new anonymous mapping: no page of it is mapped in yet, whatever the
+    allocator holds (glibc serves even 48 MiB from warm heap memory once its threshold has risen)."""
+    mapping = mmap.mmap(-1, nbytes)
+    return mapping, torch.frombuffer(mapping, dtype=torch.float32)
+
+
 @pytest.mark.parametrize("threads", [1, 2])
-def test_a_large_output_is_mapped_in_before_anything_writes_it(prefault, threads):
+def test_populate_maps_in_the_pages_before_anything_writes_them(threads):
     assert native.built(), native.extension()
-    shape, pages = (97, 2**16 + 3), 97 * (2**16 + 3) * 4 // PAGE  # ~24 MiB, not page-aligned
-    prefault("0")
-    plain = fresh_outputs.empty(shape, torch.float32, torch.device("cpu"))
+    nbytes = 48 * 2**20 + 3 * PAGE
+    mapping, plain = fresh_mapping(nbytes)
     faults_plain = minor_faults_while(lambda: plain.fill_(0.5))
-    assert faults_plain > pages // 2  # the measure: without pre-faulting, first writes fault
+    assert faults_plain > nbytes // PAGE // 2  # the measure: unpopulated, first writes fault
     del plain
-    prefault("1")
+    mapping.close()
+    mapping, out = fresh_mapping(nbytes)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        out = fresh_outputs.empty(shape, torch.float32, torch.device("cpu"))
-        if not native.extension().populate(out[:1]):  # the kernel's answer (pre-5.14: no)
+        if not native.extension().populate(out[1:]):  # the kernel's answer (pre-5.14: no)
             pytest.skip("this kernel has no MADV_POPULATE_WRITE: outputs fault on first touch")
         faults = minor_faults_while(lambda: out.fill_(1.5))
     finally:
         torch.set_num_threads(previous)
-    assert faults < pages // 50, (faults, pages)
+    assert faults < nbytes // PAGE // 50, faults  # out[1:] starts mid-page: its first page faults
     assert bool((out == 1.5).all())
+    del out
+    mapping.close()
+
+
+def test_large_fresh_cpu_outputs_are_populated_unless_turned_off(prefault, monkeypatch):
+    populated = []
+    monkeypatch.setattr(native.extension(), "populate", lambda t: populated.append(t.nbytes) or True,
+                        raising=False)
+    prefault("1")
+    big = fresh_outputs.empty((1025, 1031), torch.float32, torch.device("cpu"))  # > 4 MiB
+    fresh_outputs.empty((7, 3), torch.float32, torch.device("cpu"))
+    fresh_outputs.empty((1 << 20, 64), torch.float32, torch.device("meta"))
+    assert populated == [big.nbytes]
+    prefault("0")
+    fresh_outputs.empty((1025, 1031), torch.float32, torch.device("cpu"))
+    assert populated == [big.nbytes]
 
 
 def test_pre_faulting_changes_no_value_and_leaves_edges_and_small_tensors_alone(prefault):
