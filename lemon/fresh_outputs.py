@@ -8,8 +8,8 @@ takes a page fault per 4 KiB on first touch (a clone of the output pays the same
   mapped in with ``MADV_POPULATE_WRITE`` (Linux 5.14+) in 256 KiB blocks on torch's threads
   (``csrc/cpu/populate.cpp``): one call per block instead of a trap per page. GPT-2-small ->
   1024/4096 on the 2-core VM of 2026-12-07: 0.26-0.27 -> 0.24-0.25 s (medians of six runs,
-  three alternating rounds; the clone of its output 0.17 s). ``LEMON_PREFAULT=0`` turns it off; where the
-  kernel refuses, the output faults on first touch as before.
+  three alternating rounds; the clone of its output 0.17 s). ``LEMON_PREFAULT=0`` turns it off;
+  where the kernel refuses, the output faults on first touch as before.
 * **Huge pages on request.** Where the kernel makes huge pages on request
   (``/sys/kernel/mm/transparent_hugepage/enabled`` set to ``madvise``, the common default),
   marking a new allocation ``MADV_HUGEPAGE`` before anything touches it makes those faults 2 MiB

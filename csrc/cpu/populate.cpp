@@ -7,10 +7,10 @@
 // per page; the pages are still zeroed, so the saving is the per-fault overhead. One call on one
 // thread took about as long as the parallel faults it replaced, so the range is cut into blocks
 // on the block pool, each thread from its own contiguous share (its own page tables). A block is
-// 256 KiB (~30-60 us of kernel work), well under the pool's long wait: 2 MiB blocks took ~0.5 ms
-// each, made the caller wait that long for a helper's last block, and so sent the operators
-// after them onto one thread (block_pool.h): populate's share of a GPT-2 expansion 0.13-0.18 s
-// with them, 0.04-0.10 s with 256 KiB blocks.
+// 256 KiB (~60 us of kernel work), well under the pool's long wait (block_pool.h). With 2 MiB
+// blocks (~0.5 ms each) populate's share of a GPT-2 expansion was 0.13-0.18 s, against
+// 0.04-0.11 s with 256 KiB ones; the likely reason: a wait that long for a helper's last block
+// puts the operators after it on one thread.
 #include "populate.h"
 
 #include "block_pool.h"
