@@ -22,7 +22,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cerrno>
 
 #ifndef MADV_POPULATE_WRITE
 #define MADV_POPULATE_WRITE 23  // linux/mman.h, 5.14; older libc headers do not name it
