@@ -100,6 +100,7 @@ def build(model: torch.nn.Module, plan: ExpansionPlan, backend: str = "auto",
     device = next(iter(sources.values())).device
     run = executor(backend, device)
     target = plan.meta_target()
+    modules = dict(target.named_modules(remove_duplicate=False))  # owner lookups: one walk, not one per tensor
 
     # plan_expansion checked names and shapes against this class in both directions
     meta_params = dict(target.named_parameters(remove_duplicate=False))
@@ -123,7 +124,7 @@ def build(model: torch.nn.Module, plan: ExpansionPlan, backend: str = "auto",
                 param = torch.nn.Parameter(execute(run, tensor_plan, source.detach()),
                                            requires_grad=source.requires_grad)
             for alias in aliases[id(meta)]:
-                _set(target, alias, param)
+                _set(modules, alias, param)
             if consume and last_use[tensor_plan.source] == name:
                 source.data = torch.empty(0, dtype=source.dtype, device=source.device)
             bar.update(param.numel())
@@ -139,8 +140,8 @@ def build(model: torch.nn.Module, plan: ExpansionPlan, backend: str = "auto",
         rebuilt = next((value for suffix, value in family.config_buffers.items() if name.endswith(suffix)), None)
         if rebuilt is not None:  # what the target's own config makes it (e.g. sqrt(hidden_size))
             buffer = torch.full_like(buffer, rebuilt(plan.config))
-        _set(target, name, buffer.clone(), buffer=True)
-    _copy_modes(model, target, family, plan.layers)
+        _set(modules, name, buffer.clone(), buffer=True)
+    _copy_modes(model, modules, family, plan.layers)
     target.lemon_layers = plan.layers  # lets lemon.verify line up layers after custom positions
     return target
 
@@ -152,18 +153,19 @@ def _source_name(family, layers: list[tuple[int, bool]], name: str) -> str:
     return family.in_layer(name + ".", layers[int(match.group(1))][0])[:-1] if match else name
 
 
-def _copy_modes(model: torch.nn.Module, target: torch.nn.Module, family, layers) -> None:
-    """Each target submodule takes the train/eval flag of its source submodule (a user may keep
-    dropout off in part of a model); modules of an inserted layer take the copied layer's."""
+def _copy_modes(model: torch.nn.Module, modules: dict[str, torch.nn.Module], family, layers) -> None:
+    """Each target submodule (``modules``: by name) takes the train/eval flag of its source
+    submodule (a user may keep dropout off in part of a model); modules of an inserted layer
+    take the copied layer's."""
     source_modules = dict(model.named_modules(remove_duplicate=False))
-    for name, module in target.named_modules(remove_duplicate=False):
+    for name, module in modules.items():
         source = source_modules.get(_source_name(family, layers, name), model)
         module.training = source.training
 
 
-def _set(module: torch.nn.Module, name: str, value: torch.Tensor, buffer: bool = False) -> None:
+def _set(modules: dict[str, torch.nn.Module], name: str, value: torch.Tensor, buffer: bool = False) -> None:
     owner_name, _, leaf = name.rpartition(".")
-    owner = module.get_submodule(owner_name) if owner_name else module
+    owner = modules[owner_name]  # the root is named ""
     if buffer:
         owner._buffers[leaf] = value
     else:

@@ -204,15 +204,16 @@ class TensorPlan:
             raise ValueError(f"{self.name}: axes of lengths {[len(a) for a in self.axes]} "
                              f"do not match the view {self.view_shape} of shape {self.shape}")
 
-    @property
+    # cached: a plan is immutable, and the executors' bookkeeping reads these dozens of times per tensor
+    @cached_property
     def view_shape(self) -> tuple[int, int]:
         return (math.prod(self.shape[: self.split]), math.prod(self.shape[self.split:]))
 
-    @property
+    @cached_property
     def source_view_shape(self) -> tuple[int, int]:
         return (math.prod(self.source_shape[: self.split]), math.prod(self.source_shape[self.split:]))
 
-    @property
+    @cached_property
     def block(self) -> tuple[tuple[int, int], tuple[int, int]]:
         rows, cols = self.view_shape
         return self.window or ((0, rows), (0, cols))

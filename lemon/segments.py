@@ -148,47 +148,61 @@ def fused_work(plan: TensorPlan, source: torch.Tensor, mean=None,
     return _cut(plan, source_view, plan.means(source_view, mean, row_means_in_pass))
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """What a window's segment pairs depend on besides the source's values and the tensor's
+    noise key: the axes, the window, the noise axis and the device. The rules give every layer
+    the same axis objects, so this is worked out once per expansion and role, not per tensor."""
+
+    row_scale: torch.Tensor | None
+    col_scale: torch.Tensor | None
+    next_table: torch.Tensor | None
+    n_noise: int
+    wide: bool
+    pairs: list
+
+
 @one_thread()  # bookkeeping on small tensors: see lemon/serial.py
 def _cut(plan: TensorPlan, source_view: torch.Tensor, means) -> tuple[SideInputs, list[SegmentPair]]:
     device, dtype = source_view.device, compute_dtype(source_view.dtype)
-    n_rows, n_cols = plan.source_view_shape
     row_means, col_means, total = (None if m is None else m.to(device=device, dtype=dtype).reshape(-1)
                                    for m in means)
+    noise_axis = plan.noise_axis if plan.has_noise else -1
+    where = tuple((n_source, lo, hi) for n_source, (lo, hi) in zip(plan.source_view_shape, plan.block))
+    # keyed on the row axis, holding the column axis itself: an Axis hashes by identity
+    layout = plan.axes[0].derived(("layout", plan.axes[1], where, noise_axis, device, dtype),
+                                  lambda: _layout(plan, where, noise_axis, device, dtype))
+    free_scale, replica_scale = scales(plan.noise_std) if noise_axis >= 0 else (0.0, 0.0)
+    side = SideInputs(source_view, row_means, col_means, total, layout.row_scale, layout.col_scale,
+                      (plan.block[0][0], plan.block[1][0]), noise_axis, layout.next_table, layout.n_noise,
+                      layout.wide, plan.noise_key if noise_axis >= 0 else 0, free_scale, replica_scale)
+    return side, layout.pairs
+
+
+def _layout(plan: TensorPlan, where, noise_axis: int, device, dtype) -> _Layout:
     maps = plan.window_maps(device, dtype)
     ext = [ext_index for ext_index, _ in maps]  # stays on the CPU: segments are cut on the host
-
-    # everything below depends on one axis (its window and source length) alone: derived once
-    # per axis object, which the rules share between layers (Axis.derived)
-    where = [(n_source, lo, hi) for n_source, (lo, hi) in zip(plan.source_view_shape, plan.block)]
+    # each axis's cut depends on that axis (its window and source length) alone: shared between
+    # the layouts of all tensors that use the axis (Axis.derived)
     cut = tuple(axis.derived(("segments", *at), lambda: segments(e, at[0]))
                 for axis, e, at in zip(plan.axes, ext, where))
-    noise_axis = plan.noise_axis if plan.has_noise else -1
-    next_table, n_noise, wide, key = None, 1, False, 0
-    free_scale = replica_scale = 0.0
+    next_table, n_noise, wide = None, 1, False
     closed_along: dict[int, bool] = {}  # per noise-axis segment start
     if noise_axis >= 0:
-        axis, other = plan.axes[noise_axis], plan.axes[1 - noise_axis]
+        axis = plan.axes[noise_axis]
         n_source, lo, hi = where[noise_axis]
         next_window = axis.next_replica[lo:hi]
         n_noise = len(axis)
         other_ext = ext[1 - noise_axis]
-        classes = other.derived(("classes", *where[1 - noise_axis]),
-                                lambda: int(other_ext.max()) + 1 if other_ext.numel() else 1)
+        classes = int(other_ext.max()) + 1 if other_ext.numel() else 1
         wide = classes * n_noise >= 2**32
-        free_scale, replica_scale = scales(plan.noise_std)
-        key = plan.noise_key
         sourced = ext[noise_axis] < n_source
-        closed_along = axis.derived(("closed", n_source, lo, hi), lambda: {
-            s.start: _closed(s, next_window, lo, sourced) for s in cut[noise_axis]})
+        closed_along = {s.start: _closed(s, next_window, lo, sourced) for s in cut[noise_axis]}
         if not all(closed_along.values()):
-            next_table = axis.derived(("next_table", lo, hi, device), lambda: next_window.to(device))
-
+            next_table = next_window.to(device)
     pairs = []
     for seg_r in cut[0]:
         for seg_c in cut[1]:
             closed = closed_along[(seg_r, seg_c)[noise_axis].start] if noise_axis >= 0 else True
             pairs.append(SegmentPair(seg_r, seg_c, closed, seg_r.special or seg_c.special))
-    side = SideInputs(source_view, row_means, col_means, total, maps[0][1], maps[1][1],
-                      (plan.block[0][0], plan.block[1][0]), noise_axis, next_table, n_noise, wide,
-                      key, free_scale, replica_scale)
-    return side, pairs
+    return _Layout(maps[0][1], maps[1][1], next_table, n_noise, wide, pairs)
