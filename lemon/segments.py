@@ -136,7 +136,7 @@ def check_out(plan: TensorPlan, source: torch.Tensor, out: torch.Tensor | None) 
 
 
 def fused_work(plan: TensorPlan, source: torch.Tensor, mean=None,
-               row_means_in_pass: bool = False) -> tuple[SideInputs, list[SegmentPair]]:
+               row_means_in_pass: bool = False) -> tuple[SideInputs, tuple[SegmentPair, ...]]:
     """The side inputs and the segment pairs that together fill the plan's window. Needs no
     output (and the source's values only for MEAN side inputs): meta tensors work. ``mean``:
     an implementation of :func:`lemon.plan.mean_along` with its bits (the C++ one, on all
@@ -159,11 +159,11 @@ class _Layout:
     next_table: torch.Tensor | None
     n_noise: int
     wide: bool
-    pairs: list
+    pairs: tuple[SegmentPair, ...]  # shared by every tensor of this layout: immutable
 
 
 @one_thread()  # bookkeeping on small tensors: see lemon/serial.py
-def _cut(plan: TensorPlan, source_view: torch.Tensor, means) -> tuple[SideInputs, list[SegmentPair]]:
+def _cut(plan: TensorPlan, source_view: torch.Tensor, means) -> tuple[SideInputs, tuple[SegmentPair, ...]]:
     device, dtype = source_view.device, compute_dtype(source_view.dtype)
     row_means, col_means, total = (None if m is None else m.to(device=device, dtype=dtype).reshape(-1)
                                    for m in means)
@@ -205,4 +205,4 @@ def _layout(plan: TensorPlan, where, noise_axis: int, device, dtype) -> _Layout:
         for seg_c in cut[1]:
             closed = closed_along[(seg_r, seg_c)[noise_axis].start] if noise_axis >= 0 else True
             pairs.append(SegmentPair(seg_r, seg_c, closed, seg_r.special or seg_c.special))
-    return _Layout(maps[0][1], maps[1][1], next_table, n_noise, wide, pairs)
+    return _Layout(maps[0][1], maps[1][1], next_table, n_noise, wide, tuple(pairs))

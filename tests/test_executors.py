@@ -292,8 +292,10 @@ def test_expand_in_place_equals_expand_and_keeps_ties(family, backend):
 
 def test_layers_share_axes_and_the_segments_derived_from_them():
     """The rules give every layer's tensor of one role the same axis objects, and the host cuts
-    each axis once (Axis.derived): the cached cut is the one a fresh cut makes, and the plans
-    that share it still give the reference's bits (the window tests above cover restricted plans)."""
+    each axis once (Axis.derived) and lays out each axis pair once (segments._Layout): the cached
+    cut is the one a fresh cut makes, only the noise key differs between the layers' side inputs,
+    and the plans that share it still give the reference's bits (the window tests above cover
+    restricted plans)."""
     model = make_model("llama")
     plan = lemon.expand_plan(model, hidden_size=2 * model.config.hidden_size,
                              intermediate_size=2 * model.config.intermediate_size,
@@ -303,12 +305,21 @@ def test_layers_share_axes_and_the_segments_derived_from_them():
     assert len(names) >= 2
     first, second = plan[names[0]], plan[names[1]]
     assert all(a is b for a, b in zip(first.axes, second.axes))
-    cuts = []
+    cuts, sides = [], []
     for p in (first, second):
         source = params[p.source].detach()
-        cuts.append(segments.fused_work(p, source)[1])
+        side, pairs = segments.fused_work(p, source)
+        cuts.append(pairs)
+        sides.append(side)
         assert torch.equal(native.execute_cpu(p, source), reference.execute(p, source))
-    assert all(x.row is y.row and x.col is y.col for x, y in zip(*cuts))
+    assert first.has_noise and cuts[0] is cuts[1] and isinstance(cuts[0], tuple)  # one layout for both layers
+    assert sides[0].key != sides[1].key and sides[0].key == first.noise_key and sides[1].key == second.noise_key
+    assert sides[0].next_table is sides[1].next_table and sides[0].col_scale is sides[1].col_scale
+    window = first.restrict(0, 3, 11)  # another window: its own layout, cut from the same axes
+    window_pairs = segments.fused_work(window, params[first.source].detach())[1]
+    assert window_pairs is not cuts[0] and all(pair.row.length <= 8 for pair in window_pairs)
+    assert torch.equal(native.execute_cpu(window, params[first.source].detach()),
+                       reference.execute(window, params[first.source].detach()))
     for axis, n_source in zip(first.axes, first.source_view_shape):
         fresh = segments.segments(extended_index(axis.source, n_source), n_source)
         cached = axis.derived(("segments", n_source, 0, len(axis)), lambda: pytest.fail("not cached"))
