@@ -151,8 +151,9 @@ def fused_work(plan: TensorPlan, source: torch.Tensor, mean=None,
 @dataclass(frozen=True)
 class _Layout:
     """What a window's segment pairs depend on besides the source's values and the tensor's
-    noise key: the axes, the window, the noise axis and the device. The rules give every layer
-    the same axis objects, so this is worked out once per expansion and role, not per tensor."""
+    noise key: the axes, the window, the noise axis, the device and the compute dtype. The rules
+    give every layer the same axis objects, so this is worked out once per expansion and role,
+    not per tensor."""
 
     row_scale: torch.Tensor | None
     col_scale: torch.Tensor | None
@@ -182,8 +183,9 @@ def _cut(plan: TensorPlan, source_view: torch.Tensor, means) -> tuple[SideInputs
 def _layout(plan: TensorPlan, where, noise_axis: int, device, dtype) -> _Layout:
     maps = plan.window_maps(device, dtype)
     ext = [ext_index for ext_index, _ in maps]  # stays on the CPU: segments are cut on the host
-    # each axis's cut depends on that axis (its window and source length) alone: shared between
-    # the layouts of all tensors that use the axis (Axis.derived)
+    # what depends on one axis (its window and source length) alone is shared between the
+    # layouts of all tensors that use the axis (Axis.derived): its cut, and along the noise axis
+    # which segments are closed and the next-replica table
     cut = tuple(axis.derived(("segments", *at), lambda: segments(e, at[0]))
                 for axis, e, at in zip(plan.axes, ext, where))
     next_table, n_noise, wide = None, 1, False
@@ -197,9 +199,10 @@ def _layout(plan: TensorPlan, where, noise_axis: int, device, dtype) -> _Layout:
         classes = int(other_ext.max()) + 1 if other_ext.numel() else 1
         wide = classes * n_noise >= 2**32
         sourced = ext[noise_axis] < n_source
-        closed_along = {s.start: _closed(s, next_window, lo, sourced) for s in cut[noise_axis]}
+        closed_along = axis.derived(("closed", n_source, lo, hi), lambda: {
+            s.start: _closed(s, next_window, lo, sourced) for s in cut[noise_axis]})
         if not all(closed_along.values()):
-            next_table = next_window.to(device)
+            next_table = axis.derived(("next_table", lo, hi, device), lambda: next_window.to(device))
     pairs = []
     for seg_r in cut[0]:
         for seg_c in cut[1]:
