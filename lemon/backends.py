@@ -86,6 +86,12 @@ COMPILED = ("cpp", "cuda")  # part of lemon's C++ extension: built with lemon, o
 AUTO = {"cuda": ("triton", "cuda", "reference"), "cpu": ("cpp", "reference")}  # fastest first
 
 
+def execute_meta(plan: TensorPlan, source: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """The executor of meta tensors: a model built on the meta device (shapes, no values)
+    expands to the target's shapes on the meta device, for looking at it before loading weights."""
+    return out if out is not None else torch.empty(plan.output_shape, dtype=source.dtype, device=source.device)
+
+
 def available_backends() -> list[str]:
     """The backends that can execute plans on this machine (on some device of it)."""
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
@@ -97,6 +103,8 @@ def executor(backend: str = "auto", device: torch.device | None = None) -> Execu
     device = torch.device(device if device is not None else "cpu")
     if backend != "auto" and backend not in NAMES:
         raise ValueError(f"unknown backend {backend!r}; choose 'auto' or one of {NAMES}")
+    if device.type == "meta":  # no values to compute: every backend gives the shapes alone
+        return execute_meta
     if backend == "auto":
         for name in AUTO.get(device.type, ("reference",)):
             if BACKENDS[name].runs_on(device):

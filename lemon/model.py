@@ -37,7 +37,9 @@ def expand(model: torch.nn.Module, *, hidden_size: int | None = None,
     counter-based noise, so the same call gives bit-identical weights. At least one size must
     grow, and the target config must pass its class's own validation (``config.validate()``).
     ``model`` is left untouched; the result has the source's dtype, device and train/eval modes
-    (module by module), and its ``config`` has the new sizes.
+    (module by module), and its ``config`` has the new sizes. Each tensor is expanded on its own
+    device (a model split across devices stays split); a model on the meta device gives the
+    target's shapes on the meta device.
 
     Noise goes only where the function leaves freedom: replicas of a weight that is summed
     (fan-in columns, fan-out of copied heads and neurons) get zero-sum noise, weights that read
@@ -97,8 +99,14 @@ def build(model: torch.nn.Module, plan: ExpansionPlan, backend: str = "auto",
     ``consume``, each source parameter's storage is released once its last expansion is made
     (what :func:`expand_` needs); ``model`` is unusable afterwards."""
     sources = dict(model.named_parameters(remove_duplicate=False))
-    device = next(iter(sources.values())).device
-    run = executor(backend, device)
+    devices = {source.device for source in sources.values()}
+    if len(devices) > 1 and any(device.type == "meta" for device in devices):
+        meta = [name for name, source in sources.items() if source.device.type == "meta"]
+        raise ValueError(f"{len(meta)} of {type(model).__name__}'s parameters are on the meta device (not loaded, "
+                         f"or offloaded), e.g. {meta[0]}, and the others hold values: lemon would expand them to "
+                         "shapes without values. Load every weight (no offloading), or build the whole model on "
+                         "the meta device to look at the expanded shapes")
+    runs = {device: executor(backend, device) for device in devices}  # a model split across devices: one each
     target = plan.meta_target()
     modules = dict(target.named_modules(remove_duplicate=False))  # owner lookups: one walk, not one per tensor
 
@@ -121,7 +129,7 @@ def build(model: torch.nn.Module, plan: ExpansionPlan, backend: str = "auto",
             source = sources[tensor_plan.source]
             meta = meta_params[name]
             with torch.no_grad():
-                param = torch.nn.Parameter(execute(run, tensor_plan, source.detach()),
+                param = torch.nn.Parameter(execute(runs[source.device], tensor_plan, source.detach()),
                                            requires_grad=source.requires_grad)
             for alias in aliases[id(meta)]:
                 _set(modules, alias, param)
@@ -153,14 +161,21 @@ def _source_name(family, layers: list[tuple[int, bool]], name: str) -> str:
     return family.in_layer(name + ".", layers[int(match.group(1))][0])[:-1] if match else name
 
 
+# what a module holds besides its tensors and config, set by the user at run time: train/eval,
+# and transformers' activation checkpointing (its flag and the checkpoint function, per module)
+RUNTIME_STATE = ("training", "gradient_checkpointing", "_gradient_checkpointing_func")
+
+
 def _copy_modes(model: torch.nn.Module, modules: dict[str, torch.nn.Module], family, layers) -> None:
-    """Each target submodule (``modules``: by name) takes the train/eval flag of its source
-    submodule (a user may keep dropout off in part of a model); modules of an inserted layer
-    take the copied layer's."""
+    """Each target submodule (``modules``: by name) takes the run-time state of its source
+    submodule (a user may keep dropout off in part of a model, or checkpoint activations to
+    train within memory); modules of an inserted layer take the copied layer's."""
     source_modules = dict(model.named_modules(remove_duplicate=False))
     for name, module in modules.items():
         source = source_modules.get(_source_name(family, layers, name), model)
-        module.training = source.training
+        for attribute in RUNTIME_STATE:  # plain attributes: no Module.__setattr__ bookkeeping needed
+            if attribute in source.__dict__:
+                module.__dict__[attribute] = source.__dict__[attribute]
 
 
 def _set(modules: dict[str, torch.nn.Module], name: str, value: torch.Tensor, buffer: bool = False) -> None:

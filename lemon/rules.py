@@ -251,6 +251,7 @@ def plan_expansion(model: torch.nn.Module, *, hidden_size=None, intermediate_siz
     seed = check_seed(seed)
     noise_std = check_noise_std(noise_std)
     layer_positions = check_layer_positions(layer_positions)
+    check_not_wrapped(model)
     config = getattr(model, "config", None)
     if config is None:
         raise ValueError(f"{type(model).__name__} has no .config: lemon expands transformers models "
@@ -328,6 +329,23 @@ def plan_expansion(model: torch.nn.Module, *, hidden_size=None, intermediate_siz
         config=new_config, tensors=tensors,
         tied=tied, layers=layers, seed=seed, noise_std=noise_std, notes=list(family.notes),
         skeleton=(skeleton, type(model)))
+
+
+# wrappers that hold the model as a submodule and run it: (attribute, what the wrapper is)
+WRAPPERS = (("_orig_mod", "torch.compile's wrapper"), ("module", "a data-parallel wrapper"))
+
+
+def check_not_wrapped(model: torch.nn.Module) -> None:
+    """lemon rebuilds the model from its class and config, so it needs the model itself: a
+    wrapper (torch.compile's forwards ``.config`` to the model inside it) would be rebuilt as the
+    wrapper's class, which cannot be made from a config."""
+    inner_modules = getattr(model, "_modules", {})
+    for attribute, what in WRAPPERS:
+        inner = inner_modules.get(attribute)
+        if inner is not None and getattr(inner, "config", None) is not None and not hasattr(type(model), "config_class"):
+            raise ValueError(f"{type(model).__name__} is {what} around a {type(inner).__name__}: lemon expands the "
+                             f"model itself, so pass model.{attribute} (and wrap or compile the expanded model "
+                             "again if you want)")
 
 
 def check_uniform_heads(family: Family, source: Sizes, target: Sizes, units: UnitMaps) -> None:

@@ -66,6 +66,39 @@ def test_dtype_device_and_mode_follow_the_source():
         assert torch.equal(p, q.to(torch.bfloat16)), name
 
 
+@pytest.mark.parametrize("in_place", [False, True], ids=["expand", "expand_"])
+def test_a_model_on_the_meta_device_expands_to_shapes_on_the_meta_device(in_place):
+    """Built on the meta device (no weights loaded), a model expands to the target's shapes,
+    on the meta device, whatever the backend: the expanded architecture without memory."""
+    kw = dict(hidden_size=48, num_hidden_layers=3, progress=False)
+    expected = {n: (p.shape, p.dtype) for n, p in lemon.expand(make_model("llama"), **kw).named_parameters()}
+    with torch.device("meta"):
+        small = make_model("llama")
+    big = (lemon.expand_ if in_place else lemon.expand)(small, backend="cpp" if native_built() else "auto", **kw)
+    assert (big is small) == in_place
+    assert {n: (p.shape, p.dtype) for n, p in big.named_parameters()} == expected
+    assert {p.device.type for p in big.parameters()} == {"meta"}
+    assert big.config.hidden_size == 48 and big.lemon_layers == [(0, False), (1, False), (1, True)]
+
+
+def native_built() -> bool:
+    from lemon import native
+    return native.built()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: a model split between it and the CPU")
+def test_a_model_split_across_devices_expands_each_tensor_where_it_is():
+    """device_map-style placement: each source tensor is expanded by the executor of its own
+    device, and the bits do not depend on where it ran."""
+    small = make_model("llama")
+    whole = lemon.expand(small, hidden_size=48, progress=False)
+    small.model.layers[1].to("cuda")
+    split = lemon.expand(small, hidden_size=48, progress=False)
+    for (name, p), q in zip(split.named_parameters(), whole.parameters()):
+        assert p.device.type == ("cuda" if name.startswith("model.layers.1.") else "cpu"), name
+        assert torch.equal(p.cpu(), q), name
+
+
 def test_expand_plan_exposes_maps_and_a_manifest():
     small = make_model("llama")
     plan = lemon.expand_plan(small, hidden_size=48, num_attention_heads=6, num_key_value_heads=3,
@@ -187,6 +220,21 @@ def test_each_submodule_keeps_its_own_train_or_eval_mode():
     assert [layer.mlp.down_proj.training for layer in big.model.layers] == [False, False, True, True]
     assert big.training and big.model.training and big.model.norm.training and not big.lm_head.training
     assert sum(not m.training for m in big.modules()) > sum(not m.training for m in small.modules())
+
+
+def test_activation_checkpointing_carries_over_to_every_layer():
+    """A user who trains with activation checkpointing keeps it on the larger model, inserted
+    layers included (the flag and checkpoint function live on the modules, not in the config)."""
+    small = make_model("llama").train()
+    enable = getattr(small, "activation_checkpointing_enable", None) or small.gradient_checkpointing_enable
+    enable()
+    flags = {n: m.gradient_checkpointing for n, m in small.named_modules() if "gradient_checkpointing" in m.__dict__}
+    assert flags and all(flags.values())
+    big = lemon.expand(small, hidden_size=48, num_hidden_layers=4, progress=False)
+    assert [layer.gradient_checkpointing for layer in big.model.layers] == [True] * 4
+    ids = torch.randint(0, small.config.vocab_size, (2, 5))
+    big(input_ids=ids, labels=ids).loss.backward()  # runs through the checkpoint function
+    assert all(p.grad is not None for p in big.model.layers[3].parameters())
 
 
 def test_python_dash_m_lemon_and_the_version_flag():

@@ -84,6 +84,27 @@ def test_a_plain_module_without_config_is_refused():
         lemon.expand(torch.nn.Linear(4, 4), hidden_size=8)
 
 
+@pytest.mark.parametrize("wrap,attribute", [(torch.compile, "_orig_mod"), (torch.nn.DataParallel, "module")],
+                         ids=["torch.compile", "DataParallel"])
+def test_a_wrapped_model_is_refused_with_the_attribute_to_pass(wrap, attribute):
+    """torch.compile's wrapper forwards .config to the model inside, so without the check lemon
+    would try to rebuild the wrapper class from a config (a TypeError deep in torch)."""
+    small = make_model("llama")
+    with pytest.raises(ValueError, match=rf"pass model\.{attribute}") as err:
+        lemon.expand(wrap(small), hidden_size=48)
+    assert "LlamaForCausalLM" in str(err.value)
+    assert lemon.expand(getattr(wrap(small), attribute), hidden_size=48, progress=False).config.hidden_size == 48
+
+
+def test_a_model_partly_on_the_meta_device_is_refused_before_anything_moves():
+    """An offloaded or partly loaded model would expand to a model with some tensors without values."""
+    small = make_model("llama")
+    small.model.layers[1].mlp.to("meta")
+    with pytest.raises(ValueError, match=r"3 of LlamaForCausalLM's parameters are on the meta device.*"
+                                         r"model\.layers\.1\.mlp\.gate_proj\.weight.*Load every weight"):
+        lemon.expand(small, hidden_size=48)
+
+
 def test_a_parameter_without_a_role_is_refused_not_guessed():
     small = make_model("gpt2")
     small.transformer.extra = torch.nn.Linear(32, 32)
