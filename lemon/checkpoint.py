@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from .plan import execute
 from .output_stream import OutputStream, direct_io_supported
 from .safetensors_stream import FormatError, ShardLayout, TensorEntry, nbytes_of, parse_size, read_header
+from .spec import check_source_and_expansion
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
@@ -724,6 +725,7 @@ def verify_checkpoint(source: str | os.PathLike, destination: str | os.PathLike,
 
     say = log or print
     src, dst = open_checkpoint(source), open_checkpoint(destination)
+    check_source_and_expansion(src.meta, dst.meta, call="lemon verify SRC_DIR DST_DIR")  # before loading weights
     if tolerance is None:
         tolerance = max(default_tolerance(src), default_tolerance(dst))
     manifest = read_manifest(dst.path)

@@ -52,15 +52,16 @@ def model_sizes(model) -> Sizes:
     return read_sizes(family, model.config, 0)
 
 
-def check_source_and_expansion(small, big) -> None:
+def check_source_and_expansion(small, big, call: str = "lemon.verify(small, big)") -> None:
     """``small`` must be the source and ``big`` its expansion, at least as large in every size
-    (catches swapped arguments; equal sizes, e.g. a reloaded copy, are fine)."""
+    (catches swapped arguments; equal sizes, e.g. a reloaded copy, are fine). ``call``: how the
+    user called it, for the message."""
     a, b = model_sizes(small), model_sizes(big)
     smaller = [f"{n} {getattr(b, n)} < {getattr(a, n)}" for n in SIZE_NAMES if getattr(b, n) < getattr(a, n)]
     if smaller:
-        raise ValueError(f"lemon.verify(small, big): the first argument must be the source (smaller) model "
-                         f"and the second its expansion, but the second is smaller ({', '.join(smaller)}): "
-                         f"call lemon.verify(small, big) with the model you expanded first")
+        raise ValueError(f"the first argument must be the source (smaller) model and the second its expansion, "
+                         f"but the second is smaller ({', '.join(smaller)}): call {call} with the model "
+                         "you expanded first")
 
 
 def _is_int(value) -> bool:

@@ -157,6 +157,19 @@ def test_verify_takes_token_ids_and_fails_past_its_tolerance(tmp_path):
     assert run.returncode == 1 and "FAIL" in run.stdout
 
 
+def test_verify_refuses_swapped_directories_before_loading_weights(tmp_path, monkeypatch):
+    src = save("llama", tmp_path / "src")
+    dst = tmp_path / "dst"
+    expand_checkpoint(src, dst, hidden_size=48, progress=False, log=lambda _: None)
+    loads = []
+    monkeypatch.setattr(type(load(src)), "from_pretrained", classmethod(lambda cls, *a, **k: loads.append(a)))
+    with pytest.raises(ValueError, match=r"second is smaller \(hidden_size 32 < 48.*lemon verify SRC_DIR DST_DIR"):
+        verify_checkpoint(dst, src, log=lambda _: None)
+    assert loads == []
+    run = cli("verify", dst, src)
+    assert run.returncode == 2 and "call lemon verify SRC_DIR DST_DIR" in run.stderr, run.stderr
+
+
 def test_verify_runs_an_image_through_the_source_image_processor(tmp_path):
     Image = pytest.importorskip("PIL.Image", reason="Pillow is needed to read an image")
     from transformers import ViTImageProcessorPil
