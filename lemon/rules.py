@@ -111,6 +111,16 @@ class Rules:
     def k(self) -> int:
         return self.target.hidden_size // self.source.hidden_size
 
+    @property
+    def final_norm_factor(self) -> float:
+        """The final norm's scale under a tied output head: the head reads the k stream copies
+        with the embeddings' weights, unsplit, so the norm's output carries 1/k (and, where the
+        model scales its embeddings by sqrt(hidden_size), the change of that factor)."""
+        factor = 1.0 / self.k
+        if self.family.embeddings_scaled_by_sqrt_hidden:
+            factor /= math.sqrt(self.source.hidden_size / self.target.hidden_size)
+        return factor
+
     def index(self, kind: str, length: int, units: UnitMaps) -> torch.Tensor:
         d_s, d_t = self.source.hidden_size, self.target.hidden_size
         if kind == "keep":
@@ -174,10 +184,9 @@ class Rules:
             axes[1] = Axis(torch.full_like(axes[1].source, ONE if role.axes[1] == "norm" else ZERO))
         sqrt_ratio = math.sqrt(self.source.hidden_size / self.target.hidden_size)
         if role.tag == "final_norm" and self.tied_head:
-            factor = 1.0 / self.k
-            if self.family.embeddings_scaled_by_sqrt_hidden:
-                factor /= sqrt_ratio
-            axes[1] = _scaled(axes[1], factor)
+            axes[1] = _scaled(axes[1], self.final_norm_factor)
+        if role.tag == "final_reader" and self.tied_head and role.axes[1] == "stream_in":  # given back
+            axes[1] = _scaled(axes[1], 1.0 / self.final_norm_factor)
         if role.tag == "embedding" and self.family.embeddings_scaled_by_sqrt_hidden and sqrt_ratio != 1.0:
             axes[1] = _scaled(axes[1], sqrt_ratio)
         if inserted and role.tag == "sublayer_norm":  # gain 0: the inserted sublayer adds exactly 0
@@ -223,9 +232,9 @@ def _tie_groups(model: torch.nn.Module) -> list[list[str]]:
 def target_config(family: Family, config, source: Sizes, target: Sizes, layers):
     """The source config with the new sizes, eps* = eta^2 eps, and per-layer lists remapped."""
     cfg = copy.deepcopy(config)
-    for size_name, field in family.config_fields.items():
-        if field:
-            setattr(cfg, field, getattr(target, size_name))
+    for size_name, attribute in family.config_fields.items():
+        if attribute:
+            setattr(cfg, attribute, getattr(target, size_name))
     if family.head_dim_field:  # RoPE and the attention scale read it: keep it explicit
         setattr(cfg, family.head_dim_field, target.head_dim)
     if family.eps_field is not None:  # without one, spec.resolve allowed integer multiples only (eta = 1)
@@ -351,7 +360,7 @@ def check_not_wrapped(model: torch.nn.Module) -> None:
 def check_uniform_heads(family: Family, source: Sizes, target: Sizes, units: UnitMaps) -> None:
     """A norm over all query (key) heads at once sees the source's mean square only if every
     source head has the same number of copies."""
-    for what, unit_map, n_source, n_target, field in (
+    for what, unit_map, n_source, n_target, size_field in (
             ("query", units.query_units, source.num_attention_heads, target.num_attention_heads,
              "num_attention_heads"),
             ("key/value", units.kv_units, source.num_key_value_heads, target.num_key_value_heads,
@@ -362,7 +371,7 @@ def check_uniform_heads(family: Family, source: Sizes, target: Sizes, units: Uni
                 f"{family.name} RMS-normalizes its {what} vectors over all heads at once, so every source head "
                 f"must be copied equally often for the norm to see the same mean square; {n_source} -> {n_target} "
                 f"{what} heads copies some heads {int(counts.max())} times and others {int(counts.min())}: "
-                f"choose {field} as a multiple of {n_source} (and keep the query heads per KV head, or change "
+                f"choose {size_field} as a multiple of {n_source} (and keep the query heads per KV head, or change "
                 f"them by a factor that keeps the copies even)")
 
 

@@ -45,9 +45,15 @@ def random_inputs(model: torch.nn.Module, batch: int = 2, length: int = 12, seed
     if find_family(config).inputs == "pixels":
         shape = (batch, config.num_channels, config.image_size, config.image_size)
         return {"pixel_values": torch.randn(shape, generator=gen).to(device)}
-    inputs = {"input_ids": torch.randint(0, config.vocab_size, (batch, length), generator=gen)}
+    task = type(model).__name__
+    shape = (batch, length)
+    if task.endswith("ForMultipleChoice"):  # token ids per choice: [batch, choices, length]
+        shape = (batch, 2, length)
+    elif task.endswith("ForSequenceClassification") and getattr(config, "pad_token_id", None) is None:
+        shape = (1, length)  # it pools each sequence's last non-pad token: without a pad token, batches of one
+    inputs = {"input_ids": torch.randint(0, config.vocab_size, shape, generator=gen)}
     if getattr(config, "type_vocab_size", 0) > 1:
-        inputs["token_type_ids"] = torch.randint(0, config.type_vocab_size, (batch, length), generator=gen)
+        inputs["token_type_ids"] = torch.randint(0, config.type_vocab_size, shape, generator=gen)
     return {k: v.to(device) for k, v in inputs.items()}
 
 

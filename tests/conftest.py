@@ -104,8 +104,10 @@ CAUSAL = {"gemma3": "Gemma3ForCausalLM"}  # Gemma 3's text LM; its other text cl
 
 
 
-def make_model(name: str, seed: int = 0, dtype=torch.float32):
-    config, cls = _config_and_class(name)
+def make_model(name: str, seed: int = 0, dtype=torch.float32, cls=None):
+    """The small model ``name`` (or another class, ``cls``, built from its config), every weight random."""
+    config, default_cls = _config_and_class(name)
+    cls = cls or default_cls
     torch.manual_seed(seed)
     model = cls(config)
     with torch.no_grad():

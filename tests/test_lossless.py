@@ -7,13 +7,16 @@ the output's scale (measured: below 1e-6 everywhere).
 """
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
+import transformers as T
 
 import lemon
 from lemon.verification import verify
 
-from conftest import make_model
+from conftest import _config_and_class, make_model
 
 BOUND = 1e-5
 
@@ -127,6 +130,52 @@ def test_expansion_is_lossless(family, case, kwargs):
     for size, value in kwargs.items():
         if size != "layer_positions":
             assert lemon.expand_plan(small, **kwargs).target_sizes[size] == value
+
+
+# one small config per supported model type (conftest's names)
+MODEL_TYPES = ("bert", "vit", "gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "olmo2", "gpt_neox",
+               "opt", "phi3")
+
+
+def transformers_classes():
+    """(config name, class) for every model class transformers defines for each supported model
+    type: the bare model and each task head, as the installed transformers has them."""
+    for name in MODEL_TYPES:
+        config, _ = _config_and_class(name)
+        modeling = importlib.import_module(type(config).__module__.replace(".configuration_", ".modeling_"))
+        for cls_name in getattr(modeling, "__all__", ()):
+            cls = getattr(modeling, cls_name)
+            if (isinstance(cls, type) and issubclass(cls, T.PreTrainedModel) and cls.config_class is type(config)
+                    and not cls_name.endswith("PreTrainedModel")):
+                yield name, cls
+
+
+def test_every_supported_model_type_has_a_config_here():
+    from lemon.architectures import FAMILIES
+    covered = {_config_and_class(name)[0].model_type for name in MODEL_TYPES}
+    assert covered == {t for family in FAMILIES for t in family.model_types}
+    assert len(list(transformers_classes())) >= 60
+
+
+@pytest.mark.parametrize("name,cls", [pytest.param(n, c, id=c.__name__) for n, c in transformers_classes()])
+def test_every_transformers_class_of_every_family_expands_losslessly(name, cls):
+    """Task heads come and go with transformers releases (question answering, multiple choice, a
+    GPT-2 with two heads): each class of each supported type, widened and deepened, is checked."""
+    small = make_model(name, cls=cls)
+    big = lemon.expand(small, hidden_size=64, num_hidden_layers=3, progress=False)
+    assert type(big) is cls
+    report = verify(small, big)
+    assert report.output_scale > 1e-3 and report.output_relative <= BOUND, f"{cls.__name__}: {report}"
+
+
+@pytest.mark.parametrize("hidden_size", [40, 96])
+def test_a_head_beside_a_tied_lm_head_reads_what_it_read_before(hidden_size):
+    """GPT2DoubleHeadsModel's multiple-choice head reads ln_f, which carries 1/k for the tied LM
+    head: the head's columns take the k back (without it, 3e-2 relative on mc_logits)."""
+    small = make_model("gpt2", cls=T.GPT2DoubleHeadsModel)
+    report = verify(small, lemon.expand(small, hidden_size=hidden_size, progress=False))
+    assert set(report.outputs) == {"logits", "mc_logits"}
+    assert max(report.outputs.values()) <= BOUND, report
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama", "bert", "vit"])

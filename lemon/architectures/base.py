@@ -25,19 +25,23 @@ Tags say what else a parameter is, where a rule depends on it:
   embedding   the token embedding, where the model multiplies it by sqrt(hidden_size) (Gemma)
   attn_norm / ffn_norm   post-norm layer norms LN_A / LN_F (moved around by post-norm depth)
   final_norm  the norm before a tied output head (scaled by 1/k)
+  final_reader  another head reading that norm's output (GPT-2's multiple-choice head): scaled
+              by the inverse, so it sees what it saw before
 """
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 
 SIZE_NAMES = ("hidden_size", "intermediate_size", "num_attention_heads",
               "num_key_value_heads", "num_hidden_layers")
 AXIS_KINDS = ("keep", "stream", "stream_zero", "norm", "stream_in", "heads", "heads_in",
               "kv", "qkv", "qkv_heads", "ffn", "ffn_in", "ffn_pair")
 SPLIT_KINDS = ("stream_in", "heads_in", "ffn_in")
-TAGS = ("", "writer", "attn_norm", "ffn_norm", "final_norm", "normed", "sublayer_norm", "embedding")
+TAGS = ("", "writer", "attn_norm", "ffn_norm", "final_norm", "final_reader", "normed", "sublayer_norm",
+        "embedding")
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,17 @@ def flatten(prefixes: dict[str, dict[str, Role] | Role]) -> dict[str, Role]:
         else:
             out.update({f"{prefix}.{leaf}": role for leaf, role in roles.items()})
     return out
+
+
+# Task heads: linear maps of a hidden vector (the last layer's output, or BERT's pooler's) to a
+# task's outputs, named alike in transformers' classes of every family. A family's own table
+# wins where it names the same parameter. No class has one of these beside an output head tied
+# to the embeddings (whose final norm carries 1/k: a head beside it is a "final_reader").
+TASK_HEADS = flatten({
+    "score": linear("keep", "stream_in"),  # sequence classification (no bias), token classification (bias)
+    "classifier": linear("keep", "stream_in"),  # token, sequence, image and multiple-choice classification
+    "qa_outputs": linear("keep", "stream_in"),  # question answering: start and end logits per token
+})
 
 
 @dataclass(frozen=True)
@@ -143,6 +158,11 @@ class Family:
     def has_sublayer_norms(self) -> bool:
         return any(role.tag == "sublayer_norm" for role in self.layer_params.values())
 
+    @cached_property
+    def global_roles(self) -> dict[str, Role]:
+        """The roles of parameters outside the layers: the family's table, then the task heads."""
+        return {**self.global_params, **{k: v for k, v in TASK_HEADS.items() if k not in self.global_params}}
+
     @property
     def has_gqa(self) -> bool:
         return self.config_fields.get("num_key_value_heads") is not None
@@ -163,7 +183,7 @@ class Family:
             if rest in self.layer_params:
                 return self.layer_params[rest], int(match.group(1))
         else:
-            for pattern, role in self.global_params.items():
+            for pattern, role in self.global_roles.items():
                 if name == pattern or name.endswith("." + pattern):
                     return role, None
         raise KeyError(name)

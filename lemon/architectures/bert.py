@@ -31,8 +31,6 @@ FAMILY = Family(
         "cls.predictions.decoder.bias": vector("keep"),
         "cls.predictions.bias": vector("keep"),
         "cls.seq_relationship": linear("keep", "stream_in"),  # next-sentence head, reads the pooler
-        "classifier": linear("keep", "stream_in"),
-        "qa_outputs": linear("keep", "stream_in"),  # start/end logits per token
     }),
     eps_field="layer_norm_eps",
     notes=("Post-LN widening is lossless only for integer multiples of the hidden size "

@@ -35,7 +35,6 @@ GLOBAL = flatten({
     "embed_tokens.weight": matrix("keep", "stream", tag="embedding"),
     "norm.weight": vector("norm", tag="final_norm", offset=1.0),
     "lm_head.weight": matrix("keep", "stream_in"),
-    "score": linear("keep", "stream_in"),  # sequence (no bias) and token classification
 })
 
 # the embedding module keeps its scale in a (non-persistent) buffer: the target's is sqrt(D_T)

@@ -21,8 +21,9 @@ FAMILY = Family(
         "wpe.weight": matrix("keep", "stream"),
         "ln_f": layer_norm(tag="final_norm"),
         "lm_head.weight": matrix("keep", "stream_in"),
-        "score.weight": matrix("keep", "stream_in"),  # sequence classification (no bias)
-        "classifier": linear("keep", "stream_in"),  # token classification
+        # GPT2DoubleHeadsModel: one logit per choice, from the final norm's output at its token,
+        # beside the LM head tied to the embeddings
+        "multiple_choice_head.summary": linear("keep", "stream_in", tag="final_reader"),
     }),
     config_fields={"hidden_size": "n_embd", "intermediate_size": "n_inner",
                    "num_attention_heads": "n_head", "num_key_value_heads": None,

@@ -22,9 +22,6 @@ FAMILY = Family(
         "embed_in.weight": matrix("keep", "stream"),
         "final_layer_norm": layer_norm(tag="final_norm"),
         "lm_head.weight": matrix("keep", "stream_in"),
-        "score.weight": matrix("keep", "stream_in"),  # sequence classification (no bias)
-        "classifier": linear("keep", "stream_in"),  # token classification
-        "qa_outputs": linear("keep", "stream_in"),  # start/end logits per token
     }),
     eps_field="layer_norm_eps",
 )

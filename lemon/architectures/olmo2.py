@@ -29,7 +29,6 @@ FAMILY = Family(
         "embed_tokens.weight": matrix("keep", "stream"),
         "norm.weight": vector("norm", tag="final_norm"),
         "lm_head.weight": matrix("keep", "stream_in"),
-        "score": linear("keep", "stream_in"),
     }),
     config_fields={name: name for name in SIZE_NAMES},
     eps_field="rms_norm_eps",

@@ -42,8 +42,6 @@ FAMILY = Family(
         "embed_positions.weight": matrix("keep", "stream"),
         "final_layer_norm": layer_norm(tag="final_norm"),
         "lm_head.weight": matrix("keep", "stream_in"),
-        "score.weight": matrix("keep", "stream_in"),  # sequence classification (no bias)
-        "qa_outputs": linear("keep", "stream_in"),  # start/end logits per token
     }),
     config_fields={"hidden_size": "hidden_size", "intermediate_size": "ffn_dim",
                    "num_attention_heads": "num_attention_heads", "num_key_value_heads": None,

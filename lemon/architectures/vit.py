@@ -28,7 +28,6 @@ FAMILY = Family(
         "layernorm": layer_norm(tag="final_norm"),
         # its width is its own config field (pooler_output_size), kept: the pooler output is unchanged
         "pooler.dense": linear("keep", "stream_in"),
-        "classifier": linear("keep", "stream_in"),
         # masked image modeling: a 1x1 conv [out, hidden, 1, 1] on the patch tokens (then a
         # PixelShuffle) is a linear map of each hidden vector, seen as [out, hidden]
         "decoder.0.weight": Role(("keep", "stream_in"), split=1),
