@@ -24,7 +24,7 @@ import shutil
 import sys
 import tempfile
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -715,6 +715,21 @@ def _inputs(checkpoint: SourceCheckpoint, token_ids: list[int] | None, image: st
     return None, "random inputs"
 
 
+@contextmanager
+def _quiet_loading():
+    """transformers' per-model "Loading weights" bars, off while verify loads its two models
+    (they would stand between the command and its report), back as they were after."""
+    from transformers.utils import logging as transformers_logging
+
+    was_enabled = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            transformers_logging.enable_progress_bar()
+
+
 def verify_checkpoint(source: str | os.PathLike, destination: str | os.PathLike, *, tolerance: float | None = None,
                       token_ids: list[int] | None = None, image: str | None = None, log=None) -> tuple[object, float]:
     """Load both checkpoints (in fp32), run them on the same inputs (random by default, or the
@@ -731,8 +746,9 @@ def verify_checkpoint(source: str | os.PathLike, destination: str | os.PathLike,
     manifest = read_manifest(dst.path)
     layers = None if manifest is None else [(entry["source_layer"], entry["inserted"]) for entry in manifest["layers"]]
     inputs, what = _inputs(src, token_ids, image)
-    small = src.model_class.from_pretrained(src.path, dtype=torch.float32, local_files_only=True)
-    big = dst.model_class.from_pretrained(dst.path, dtype=torch.float32, local_files_only=True)
+    with _quiet_loading():
+        small = src.model_class.from_pretrained(src.path, dtype=torch.float32, local_files_only=True)
+        big = dst.model_class.from_pretrained(dst.path, dtype=torch.float32, local_files_only=True)
     if inputs is None:
         inputs = random_inputs(small)
     report = verify(small, big, inputs, layers)
@@ -746,9 +762,11 @@ def verify_checkpoint(source: str | os.PathLike, destination: str | os.PathLike,
     ends = {}
     for t, (s, _) in enumerate(layers or []):
         ends[s] = t
-    for s, (worst, mean) in enumerate(zip(report.layer_max_abs, report.layer_mean_abs)):
+    for s, (worst, mean, relative) in enumerate(zip(report.layer_max_abs, report.layer_mean_abs,
+                                                     report.layer_relative)):
         where = f" -> target layer {ends[s]}" if ends else ""
-        lines.append(f"  hidden state after source layer {s}{where}: max |delta| {worst:.3e}, mean |delta| {mean:.3e}")
+        lines.append(f"  hidden state after source layer {s}{where}: max |delta| {worst:.3e}, mean |delta| {mean:.3e}, "
+                     f"relative max {relative:.3e}")
     verdict = "PASS" if report.output_relative <= tolerance else "FAIL"
     lines.append(f"  {verdict}: relative max output difference {report.output_relative:.3e} "
                  f"{'<=' if verdict == 'PASS' else '>'} tolerance {tolerance:.1e}")

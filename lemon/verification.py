@@ -11,8 +11,8 @@ from .spec import check_source_and_expansion
 
 @dataclass
 class Report:
-    """max |big - small| on the model's main output, relative to max |small|, and the same per
-    source layer. The main outputs are every floating tensor the model returns besides the loss
+    """max |big - small| on the model's main output, relative to max |small|, and the same for
+    each source layer's output (``layer_relative``). The main outputs are every floating tensor the model returns besides the loss
     and the per-layer tuples (logits; start/end logits; prediction and next-sentence logits; a
     reconstruction; a last hidden state mapped back to the source width); the report gives the
     worst of them (``output_name``) and each one's relative difference (``outputs``)."""
@@ -24,17 +24,22 @@ class Report:
     outputs: dict[str, float] = field(default_factory=dict)
     output_mean_abs: float = float("nan")  # mean |big - small| on the same output
     layer_mean_abs: list[float] = field(default_factory=list)
+    layer_scale: list[float] = field(default_factory=list)  # max |small| of each source layer's output
+
+    @property
+    def layer_relative(self) -> list[float]:
+        return [delta / max(scale, 1e-30) for delta, scale in zip(self.layer_max_abs, self.layer_scale)]
 
     @property
     def output_relative(self) -> float:
         return self.output_max_abs / max(self.output_scale, 1e-30)
 
     def __str__(self) -> str:
-        layers = " ".join(f"{d:.1e}" for d in self.layer_max_abs)
+        layers = " ".join(f"{d:.1e}" for d in self.layer_relative)
         others = ", ".join(f"{n} {r:.1e}" for n, r in self.outputs.items() if n != self.output_name)
         return (f"{self.output_name} max |delta| {self.output_max_abs:.2e} (relative {self.output_relative:.2e}, "
                 f"mean |delta| {self.output_mean_abs:.2e}, output scale {self.output_scale:.2e})"
-                + (f"; other outputs (relative): {others}" if others else "") + f"; per layer: {layers}")
+                + (f"; other outputs (relative): {others}" if others else "") + f"; per layer (relative): {layers}")
 
 
 def random_inputs(model: torch.nn.Module, batch: int = 2, length: int = 12, seed: int = 0) -> dict:
@@ -57,18 +62,41 @@ def random_inputs(model: torch.nn.Module, batch: int = 2, length: int = 12, seed
     return {k: v.to(device) for k, v in inputs.items()}
 
 
+def _layer_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The model's transformer layers in order: the modules whose names the family's layer
+    pattern matches whole (``model.layers.3``, not its children)."""
+    family = find_family(model.config)
+    layers = {}
+    for name, module in model.named_modules():
+        match = family.match_layer(name + ".")
+        if match is not None and match.end() == len(name) + 1:
+            layers[int(match.group(1))] = module
+    return [layers[i] for i in sorted(layers)]
+
+
 @torch.no_grad()
 def _run(model, inputs):
+    """The main outputs, and each layer's output (the residual stream it hands on). The layers'
+    outputs are taken by hooks rather than from ``output_hidden_states``, whose last entry is
+    the final norm's output, not the last layer's."""
+    layer_outputs = []
+
+    def keep(module, args, output):
+        layer_outputs.append(output[0] if isinstance(output, tuple) else output)
+
+    hooks = [layer.register_forward_hook(keep) for layer in _layer_modules(model)]
     was_training = model.training
     model.eval()
     try:
-        out = model(**inputs, output_hidden_states=True)
+        out = model(**inputs)
     finally:
         model.train(was_training)
+        for hook in hooks:
+            hook.remove()
     # the per-layer tuples (hidden states, attentions) and caches are not tensors: left out here
     main = {name: value for name, value in out.items()
             if name != "loss" and torch.is_tensor(value) and value.is_floating_point()}
-    return main, out.hidden_states
+    return main, layer_outputs
 
 
 def _comparable(small: torch.Tensor, big: torch.Tensor) -> torch.Tensor | None:
@@ -90,9 +118,8 @@ def verify(small: torch.nn.Module, big: torch.nn.Module, inputs: dict | None = N
     a reloaded checkpoint's is in its ``lemon_expansion.json``).
 
     Hidden vectors of the big model carry the small one's in their first entries (every
-    stream form starts with a copy of x), so hidden states are compared there; the last
-    hidden state of a model with a tied head is scaled by 1/k by design and is compared
-    through the logits instead.
+    stream form starts with a copy of x), so each source layer's output is compared there with
+    the output of the target layer that ends it.
     """
     check_source_and_expansion(small, big)
     inputs = inputs if inputs is not None else random_inputs(small)
@@ -114,16 +141,20 @@ def verify(small: torch.nn.Module, big: torch.nn.Module, inputs: dict | None = N
     big_layers = big.config.num_hidden_layers
     small_layers = small.config.num_hidden_layers
     ends = _layer_ends(big, small_layers, big_layers, layers)
-    layer_deltas, layer_means = [], []
+    if len(small_hidden) != small_layers or len(big_hidden) != big_layers:
+        raise ValueError(f"lemon.verify: {len(small_hidden)} and {len(big_hidden)} layers ran, but the configs "
+                         f"have {small_layers} and {big_layers}: lemon.verify compares whole models")
+    layer_deltas, layer_means, layer_scales = [], [], []
     d = small_hidden[0].shape[-1]
-    for s in range(small_layers - 1):  # the last entry is after the final norm: see the docstring
-        a, b = small_hidden[s + 1], big_hidden[ends[s] + 1][..., :d]
+    for s in range(small_layers):
+        a, b = small_hidden[s], big_hidden[ends[s]][..., :d]
         delta = (a.double() - b.double()).abs()
         layer_deltas.append(delta.max().item())
         layer_means.append(delta.mean().item())
+        layer_scales.append(a.double().abs().max().item())
     max_abs, scale, mean_abs = compared[worst]
     return Report(max_abs, scale, layer_deltas, output_name=worst, outputs=relative, output_mean_abs=mean_abs,
-                  layer_mean_abs=layer_means)
+                  layer_mean_abs=layer_means, layer_scale=layer_scales)
 
 
 def _layer_ends(big, small_layers: int, big_layers: int, plan_layers=None) -> list[int]:

@@ -138,11 +138,25 @@ def test_verify_lines_up_custom_layer_positions_after_a_reload(tmp_path):
     expand_checkpoint(src, dst, num_hidden_layers=5, layer_positions=[2, 3, 4], progress=False, log=lambda _: None)
     lines = []
     report, _ = verify_checkpoint(src, dst, log=lines.append)
-    assert max(report.layer_max_abs) <= 1e-5 * max(1.0, report.output_scale), report
+    assert len(report.layer_relative) == 2 and max(report.layer_relative) <= 1e-5, report  # both source layers
     assert "after source layer 0 -> target layer 0:" in lines[0] and "PASS" in lines[0]  # new layers follow layer 1
     (dst / "lemon_expansion.json").unlink()  # without the map, layers are assumed spread evenly: wrong here
     report, _ = verify_checkpoint(src, dst, log=lambda _: None)
     assert max(report.layer_max_abs) > 1e-2
+
+
+def test_verify_prints_its_report_without_transformers_loading_bars(tmp_path, capfd):
+    from transformers.utils import logging as transformers_logging
+
+    src = save("gpt2", tmp_path / "src")
+    dst = tmp_path / "dst"
+    expand_checkpoint(src, dst, hidden_size=48, num_attention_heads=6, progress=False, log=lambda _: None)
+    capfd.readouterr()
+    transformers_logging.enable_progress_bar()
+    verify_checkpoint(src, dst)
+    out, err = capfd.readouterr()
+    assert "PASS" in out and "Loading weights" not in out + err, (out, err)
+    assert transformers_logging.is_progress_bar_enabled()  # as it was before
 
 
 def test_verify_takes_token_ids_and_fails_past_its_tolerance(tmp_path):

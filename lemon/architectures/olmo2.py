@@ -3,7 +3,8 @@ before it, and RMSNorm over the full query and key projections (all heads at onc
 stream norms' eps. A post-sublayer norm reads the writer's V_zero output, so it is an ordinary
 norm; the q/k norms are exact when the projections are scaled by eta (eps*) and every head is
 copied equally often (rules.py)."""
-from .base import SIZE_NAMES, Family, flatten, linear, matrix, vector
+from .base import SIZE_NAMES, Family, flatten, linear, vector
+from .llama import FAMILY as LLAMA
 
 FAMILY = Family(
     name="olmo2",
@@ -25,11 +26,7 @@ FAMILY = Family(
         "mlp.down_proj": linear("stream", "ffn_in", tag="writer"),
         "post_feedforward_layernorm.weight": vector("norm", tag="sublayer_norm"),
     }),
-    global_params=flatten({
-        "embed_tokens.weight": matrix("keep", "stream"),
-        "norm.weight": vector("norm", tag="final_norm"),
-        "lm_head.weight": matrix("keep", "stream_in"),
-    }),
+    global_params=LLAMA.global_params,
     config_fields={name: name for name in SIZE_NAMES},
     eps_field="rms_norm_eps",
     head_dim_field="head_dim",
