@@ -1,7 +1,9 @@
 """Expand a transformers model: build the target without initializing it, fill it tensor by tensor."""
 from __future__ import annotations
 
+import copy
 import sys
+import warnings
 
 import torch
 from tqdm.auto import tqdm
@@ -10,7 +12,8 @@ from .architectures import find_family
 from .backends import executor
 from .plan import ExpansionPlan, execute
 from .progress import check_progress, elements_written, show_progress
-from .rules import plan_expansion
+from .caller import stacklevel_outside_lemon
+from .rules import SIXTEEN_BIT_NOISE, plan_expansion
 
 
 def expand_plan(model: torch.nn.Module, **kwargs) -> ExpansionPlan:
@@ -106,6 +109,8 @@ def build(model: torch.nn.Module, plan: ExpansionPlan, backend: str = "auto",
                          f"or offloaded), e.g. {meta[0]}, and the others hold values: lemon would expand them to "
                          "shapes without values. Load every weight (no offloading), or build the whole model on "
                          "the meta device to look at the expanded shapes")
+    if SIXTEEN_BIT_NOISE in plan.notes:
+        warnings.warn(f"lemon: {SIXTEEN_BIT_NOISE}", stacklevel=stacklevel_outside_lemon())
     runs = {device: executor(backend, device) for device in devices}  # a model split across devices: one each
     target = plan.meta_target()
     modules = dict(target.named_modules(remove_duplicate=False))  # owner lookups: one walk, not one per tensor
@@ -150,6 +155,8 @@ def build(model: torch.nn.Module, plan: ExpansionPlan, backend: str = "auto",
             buffer = torch.full_like(buffer, rebuilt(plan.config))
         _set(modules, name, buffer.clone(), buffer=True)
     _copy_modes(model, modules, family, plan.layers)
+    if getattr(model, "generation_config", None) is not None:  # the user's (e.g. several EOS ids), not the default
+        target.generation_config = copy.deepcopy(model.generation_config)
     target.lemon_layers = plan.layers  # lets lemon.verify line up layers after custom positions
     return target
 

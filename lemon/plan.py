@@ -347,7 +347,11 @@ class ExpansionPlan:
         }
 
     def summary(self) -> str:
-        sizes = ", ".join(f"{k} {self.source_sizes[k]} -> {v}" for k, v in self.target_sizes.items())
+        from .architectures import find_family
+
+        fields = find_family(self.config).config_fields  # a size the family has no setting for is left out
+        sizes = ", ".join(f"{k} {self.source_sizes[k]} -> {v}" for k, v in self.target_sizes.items()
+                          if fields.get(k, k) is not None)
         lines = [f"{self.family}: {sizes}",
                  "layers: " + " ".join(f"{s}{'+' if ins else ''}" for s, ins in self.layers)]
         lines += [p.describe() for p in self.tensors.values()]

@@ -56,6 +56,11 @@ def check_source_and_expansion(small, big, call: str = "lemon.verify(small, big)
     """``small`` must be the source and ``big`` its expansion, at least as large in every size
     (catches swapped arguments; equal sizes, e.g. a reloaded copy, are fine). ``call``: how the
     user called it, for the message."""
+    kinds = [getattr(model.config, "model_type", None) for model in (small, big)]
+    if kinds[0] != kinds[1]:
+        raise ValueError(f"the two models are of different kinds (model_type {kinds[0]!r} and {kinds[1]!r}), so "
+                         f"the second cannot be an expansion of the first: call {call} with a source model "
+                         "and its own expansion")
     a, b = model_sizes(small), model_sizes(big)
     smaller = [f"{n} {getattr(b, n)} < {getattr(a, n)}" for n in SIZE_NAMES if getattr(b, n) < getattr(a, n)]
     if smaller:
@@ -145,6 +150,13 @@ def _multiples_near(value: int, step: int, at_least: int) -> str:
     return f"{lower} or {lower + step}"
 
 
+def _fitting_kv_heads(source: Sizes, heads: int) -> int:
+    """The fewest KV heads that ``heads`` query heads can take from the source losslessly (heads
+    itself, multi-head attention, always can)."""
+    return next(kv for kv in range(source.num_key_value_heads, heads + 1)
+                if heads % kv == 0 and gqa_feasible(source.num_attention_heads, source.num_key_value_heads, heads, kv))
+
+
 def resolve(family: Family, source: Sizes, requested: dict, layer_positions) -> tuple[Sizes, list[int] | None]:
     """Target sizes for the requested ones (None = derived or unchanged). Raises ValueError
     naming the problem and the fix for anything that cannot be expanded losslessly."""
@@ -213,7 +225,8 @@ def resolve(family: Family, source: Sizes, requested: dict, layer_positions) -> 
         raise ValueError(
             f"{source.num_attention_heads} heads / {source.num_key_value_heads} KV heads cannot become "
             f"{heads} / {kv} losslessly: every new query head must attend with a copy of its own KV head, "
-            f"which needs num_key_value_heads >= {need} here (KV_T >= KV_S * ceil(g_S / g_T))")
+            f"which needs num_key_value_heads >= {need} here (KV_T >= KV_S * ceil(g_S / g_T)) and a divisor of "
+            f"{heads}: use num_key_value_heads={_fitting_kv_heads(source, heads)}")
 
     layers = req["num_hidden_layers"]
     if layer_positions is not None:

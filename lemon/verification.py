@@ -1,6 +1,7 @@
 """Losslessness report: how far the expanded model's outputs are from the original's."""
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 
 import torch
@@ -50,6 +51,9 @@ def random_inputs(model: torch.nn.Module, batch: int = 2, length: int = 12, seed
     if find_family(config).inputs == "pixels":
         shape = (batch, config.num_channels, config.image_size, config.image_size)
         return {"pixel_values": torch.randn(shape, generator=gen).to(device)}
+    window = getattr(config, "sliding_window", None)
+    if isinstance(window, int) and length <= window <= 256:  # past a short window, so that its mask is used too
+        length = min(window + 4, getattr(config, "max_position_embeddings", None) or window + 4)
     task = type(model).__name__
     shape = (batch, length)
     if task.endswith("ForMultipleChoice"):  # token ids per choice: [batch, choices, length]
@@ -113,7 +117,8 @@ def verify(small: torch.nn.Module, big: torch.nn.Module, inputs: dict | None = N
            layers: list[tuple[int, bool]] | None = None) -> Report:
     """Run both models in eval mode on ``inputs`` (random ones by default) and compare.
     ``small`` is the source model, ``big`` its expansion (swapped arguments are refused).
-    ``layers``: per layer of ``big``, (source layer, inserted?), to line up the hidden states
+    ``layers``: per layer of ``big``, its source layer (an index, or (source layer, inserted?) as
+    in ``plan.layers``), to line up the hidden states
     (default: ``big.lemon_layers``, which :func:`lemon.expand` sets, else layers spread evenly;
     a reloaded checkpoint's is in its ``lemon_expansion.json``).
 
@@ -157,9 +162,24 @@ def verify(small: torch.nn.Module, big: torch.nn.Module, inputs: dict | None = N
                   layer_mean_abs=layer_means, layer_scale=layer_scales)
 
 
+def _source_layer(entry) -> tuple[int, bool]:
+    """One entry of a layer map: a source layer index, or (source layer, inserted?) as in
+    ``plan.layers`` and the manifest's ``layers``."""
+    if isinstance(entry, dict):  # the manifest's JSON form
+        entry = (entry.get("source_layer"), entry.get("inserted", False))
+    if isinstance(entry, (tuple, list)) and len(entry) == 2:
+        source, inserted = entry
+    else:
+        source, inserted = entry, False
+    if isinstance(source, bool) or not isinstance(source, numbers.Integral):
+        raise ValueError(f"lemon.verify: layers must give, per layer of the big model, the source layer it was made "
+                         f"from: an index, or a (source_layer, inserted) pair as in plan.layers; got {entry!r}")
+    return int(source), bool(inserted)
+
+
 def _layer_ends(big, small_layers: int, big_layers: int, plan_layers=None) -> list[int]:
     if plan_layers is not None:
-        plan_layers = [(int(s), bool(inserted)) for s, inserted in plan_layers]
+        plan_layers = [_source_layer(entry) for entry in plan_layers]
         if len(plan_layers) != big_layers or sorted({s for s, _ in plan_layers}) != list(range(small_layers)):
             raise ValueError(f"lemon.verify: the layer map has {len(plan_layers)} layers from sources "
                              f"{sorted({s for s, _ in plan_layers})}, but the models have {big_layers} and "

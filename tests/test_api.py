@@ -205,6 +205,32 @@ def test_verify_names_the_worst_of_the_main_outputs():
     assert report.output_relative <= 1e-5 and report.output_name in str(report)
 
 
+def test_verify_refuses_models_of_different_kinds():
+    big = lemon.expand(make_model("gpt2"), hidden_size=64, progress=False)
+    with pytest.raises(ValueError, match=r"different kinds \(model_type 'llama' and 'gpt2'\)"):
+        lemon.verify(make_model("llama"), big)
+
+
+def test_verify_takes_a_layer_map_of_indices_or_pairs():
+    small = make_model("llama")  # 2 layers
+    big = lemon.expand(small, num_hidden_layers=4, layer_positions=[2, 3], progress=False)  # 0 1 1' 1'
+    assert big.lemon_layers == [(0, False), (1, False), (1, True), (1, True)]
+    right = lemon.verify(small, big, layers=[0, 1, 1, 1])
+    assert right.layer_relative == lemon.verify(small, big, layers=big.lemon_layers).layer_relative
+    assert max(right.layer_relative) <= 1e-5
+    assert max(lemon.verify(small, big, layers=[0, 0, 1, 1]).layer_relative) > 1e-2  # another map: layer 0 ends later
+    with pytest.raises(ValueError, match=r"layers must give, per layer of the big model, the source layer.*'a'"):
+        lemon.verify(small, big, layers=[0, 1, "a", 1])
+
+
+def test_random_inputs_run_past_a_short_sliding_window():
+    small = make_model("gemma2")
+    assert small.config.sliding_window == 4
+    assert lemon.verification.random_inputs(small)["input_ids"].shape[1] > 4
+    small.config.sliding_window = 100
+    assert lemon.verification.random_inputs(small)["input_ids"].shape[1] == 104
+
+
 def test_each_submodule_keeps_its_own_train_or_eval_mode():
     small = make_model("llama").train()
     small.model.layers[0].eval()
@@ -231,6 +257,40 @@ def test_activation_checkpointing_carries_over_to_every_layer():
     ids = torch.randint(0, small.config.vocab_size, (2, 5))
     big(input_ids=ids, labels=ids).loss.backward()  # runs through the checkpoint function
     assert all(p.grad is not None for p in big.model.layers[3].parameters())
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+def test_the_generation_config_carries_over(in_place, tmp_path):
+    """What generate() reads (several EOS ids, as Llama 3 has; sampling settings) is the user's,
+    not the default transformers derives from the model config."""
+    from transformers import GenerationConfig
+
+    small = make_model("llama")
+    small.generation_config = GenerationConfig(eos_token_id=[2, 7], do_sample=True, temperature=0.6, top_p=0.9)
+    wanted = small.generation_config.to_dict()
+    expand = lemon.expand_ if in_place else lemon.expand
+    big = expand(small, hidden_size=48, progress=False)
+    assert big.generation_config.to_dict() == wanted
+    if not in_place:
+        assert big.generation_config is not small.generation_config  # a copy: editing one leaves the other
+    big.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "generation_config.json").read_text())
+    assert saved["eos_token_id"] == [2, 7] and saved["temperature"] == 0.6 and "_from_model_config" not in saved
+
+
+def test_sixteen_bit_noise_is_said_to_cost_exactness_and_plain_copies_stay_exact():
+    small = make_model("llama").to(torch.bfloat16)
+    with pytest.warns(UserWarning, match="zero-sum noise no longer cancels exactly") as caught:
+        noisy = lemon.expand(small, hidden_size=64, progress=False)
+    assert caught[0].filename == __file__  # it names the user's line
+    assert any("16-bit" in note for note in lemon.expand_plan(small, hidden_size=64).notes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plain = lemon.expand(small, hidden_size=64, noise_std=0, progress=False)
+        lemon.expand(small.float(), hidden_size=64, progress=False)
+    noisy_error = verify(small.float(), noisy.float()).output_relative
+    plain_error = verify(small.float(), plain.float()).output_relative
+    assert plain_error <= 1e-5 < noisy_error, (plain_error, noisy_error)
 
 
 def test_python_dash_m_lemon_and_the_version_flag():

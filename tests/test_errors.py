@@ -1,6 +1,8 @@
 """Bad requests fail before any work, with a message that names the problem and the fix."""
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import transformers as T
@@ -69,6 +71,15 @@ def test_impossible_gqa_rearrangement_names_the_condition():
     with pytest.raises(ValueError, match=r"KV_T >= KV_S \* ceil\(g_S / g_T\)") as err:
         lemon.expand(small, num_key_value_heads=3)
     assert "num_key_value_heads >= 4" in str(err.value)
+    # 8 / 2 -> 9 / 3 needs 4 KV heads, which 9 query heads cannot share out: the fix offered is one that works
+    config = T.LlamaConfig(hidden_size=64, head_dim=8, num_hidden_layers=1, num_attention_heads=8,
+                           num_key_value_heads=2, intermediate_size=64, vocab_size=50)
+    small = T.LlamaForCausalLM(config)
+    with pytest.raises(ValueError, match="needs num_key_value_heads >= 4") as err:
+        lemon.expand(small, hidden_size=72, num_attention_heads=9, num_key_value_heads=3)
+    offered = int(re.search(r"use num_key_value_heads=(\d+)", str(err.value)).group(1))
+    assert offered == 9
+    lemon.expand_plan(small, hidden_size=72, num_attention_heads=9, num_key_value_heads=offered)
 
 
 def test_unsupported_architecture_lists_what_is_supported():
