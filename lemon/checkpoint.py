@@ -11,18 +11,18 @@ takes it (:mod:`lemon.output_stream`). Memory stays at about the largest source 
 the blocks in flight, whatever the model's size; no module is ever materialized.
 
 The output goes to a temporary directory beside the destination and is renamed into place at
-the end, so an interrupted run leaves no partial checkpoint under the destination and a
-replaced one is only removed once the new one is complete.
+the end (:mod:`lemon.destination`: nothing of the user's is lost, whatever stops the run).
 """
 from __future__ import annotations
 
 import datetime
+import errno
 import json
 import math
 import os
+import re
 import shutil
 import sys
-import tempfile
 import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -31,6 +31,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from .checkpoint_errors import CheckpointError, DiskFullError
+from .destination import check_destination, written_beside
 from .plan import execute
 from .output_stream import OutputStream, direct_io_supported
 from .safetensors_stream import FormatError, ShardLayout, TensorEntry, nbytes_of, parse_size, read_header
@@ -41,15 +43,12 @@ SINGLE = "model.safetensors"
 MANIFEST = "lemon_expansion.json"
 BLOCK_BYTES = 64 * 2**20  # output bytes per executor call: large enough to run at memory speed
 DISK_MARGIN = 1.02  # free space wanted beyond the output's size (the filesystem's own overhead)
-# weights in formats lemon does not read: never copied into the output (their sizes would be wrong)
-OTHER_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.h5", "*.msgpack", "*.gguf", "*.safetensors",
-                 "pytorch_model.bin.index.json", "tf_model.h5.index.json", "flax_model.msgpack.index.json")
+# weight files (by extension; their indexes too, e.g. pytorch_model.bin.index.json): they hold the
+# source's weights, in the source's sizes, so none is copied into the output, nor a folder holding one
+WEIGHT_SUFFIXES = frozenset({".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".ggml", ".h5", ".keras",
+                             ".msgpack", ".onnx", ".npz", ".npy", ".tflite", ".pb", ".ot", ".pdparams", ".mlmodel"})
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-class CheckpointError(ValueError):
-    """A checkpoint lemon refuses, or a destination it will not write to; the message names the
-    file or field and the fix. Raised before any byte is written."""
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 @dataclass
@@ -63,6 +62,8 @@ class SourceCheckpoint:
     tensors: dict[str, tuple[Path, TensorEntry]]  # by the model's parameter / buffer name
     stored: dict[str, str]  # model name -> the name in the file (transformers renames some on load)
     meta: torch.nn.Module  # the class built from the config on the meta device: names, shapes, ties
+    ignored: list[str]  # stored tensors the class does not load (stale buffers): not read, not written
+    shards: list[Path]  # the safetensors files read
 
 
 def _model_class(config, path: Path) -> type:
@@ -140,14 +141,28 @@ class StoredNames:
 
     def to_model(self, stored: str) -> str | None:
         """The module name of a tensor saved as ``stored`` (None: it would need a conversion)."""
-        if not self.renamings and not self.converters:
-            return stored
-        from transformers.core_model_loading import rename_source_key
+        name = stored
+        if self.renamings or self.converters:
+            from transformers.core_model_loading import rename_source_key
 
-        name, converted = rename_source_key(stored, self.renamings, self.converters,
-                                            self.model.base_model_prefix, self.state)
-        return None if converted is not None and any(
-            converted in getattr(c, "source_patterns", ()) for c in self.converters) else name
+            name, converted = rename_source_key(stored, self.renamings, self.converters)
+            if converted is not None and any(converted in getattr(c, "source_patterns", ()) for c in self.converters):
+                return None
+        return self._with_base_prefix(name)
+
+    def _with_base_prefix(self, name: str) -> str:
+        """``name`` with the class's ``base_model_prefix`` added or removed where that names one of
+        its tensors: a checkpoint of the base model (GPT-2 on the Hub: ``h.0.attn.c_attn.weight``)
+        read into a head model (``transformer.h.0...``), or the other way round, as transformers'
+        loading does (``core_model_loading.rename_source_key``)."""
+        prefix = self.model.base_model_prefix
+        if not prefix:
+            return name
+        if name.startswith(prefix + ".") and name[len(prefix) + 1:] in self.state:
+            return name[len(prefix) + 1:]
+        if f"{prefix}.{name}" in self.state:
+            return f"{prefix}.{name}"
+        return name
 
     def to_stored(self, name: str) -> str:
         """The name save_pretrained gives the module's tensor ``name``."""
@@ -228,6 +243,10 @@ def open_checkpoint(path: str | os.PathLike) -> SourceCheckpoint:
                                   f"from_pretrained and use lemon.expand")
         by_model[name], stored[name] = located, saved
     tensors = by_model
+    ignored = []  # stored names, neither read nor written
+    for name in sorted(_ignored_on_load(meta, set(tensors) - set(expected))):
+        del tensors[name]
+        ignored.append(stored.pop(name))
     unknown = sorted(set(tensors) - set(expected))
     if unknown:
         raise CheckpointError(f"{tensors[unknown[0]][0]} holds tensor {stored[unknown[0]]}"
@@ -243,26 +262,27 @@ def open_checkpoint(path: str | os.PathLike) -> SourceCheckpoint:
         if entry.shape != expected[name]:
             raise CheckpointError(f"{file}: tensor {stored[name]} has shape {list(entry.shape)}, but config.json "
                                   f"makes it {list(expected[name])}: the weights do not match the config")
-    return SourceCheckpoint(path, config, model_class, tensors, stored, meta)
+    return SourceCheckpoint(path, config, model_class, tensors, stored, meta, ignored, files)
 
 
-def check_destination(source: Path, destination: Path, overwrite: bool) -> None:
-    """The destination must be neither the source nor inside it (nor contain it), and empty or
-    absent unless ``overwrite``."""
-    src, dst = source.resolve(), destination.resolve()
-    if dst == src or src in dst.parents:
-        raise CheckpointError(f"the destination {destination} is {'the source' if dst == src else 'inside the source'} "
-                              f"{source}: write the expansion to a directory outside the source checkpoint")
-    if dst in src.parents:
-        raise CheckpointError(f"the destination {destination} contains the source {source}: replacing it would "
-                              "delete the source; choose another destination")
-    if dst.exists() and not dst.is_dir():
-        raise CheckpointError(f"the destination {destination} is a file: pass a directory path")
-    if dst.is_dir() and any(dst.iterdir()) and not overwrite:
-        raise CheckpointError(f"the destination {destination} is not empty: pass --overwrite (overwrite=True) to "
-                              "replace it once the new checkpoint is complete, or choose a new directory")
-    if not dst.parent.is_dir():
-        raise CheckpointError(f"the destination's parent {destination.parent} does not exist: create it first")
+def _ignored_on_load(meta: torch.nn.Module, unexpected: set[str]) -> set[str]:
+    """The stored tensors (module names) that are no persistent state of the model class and that
+    from_pretrained drops without a word (transformers 5's rule for old checkpoints, restated here
+    on its public class attributes rather than called through a private method): the class's
+    non-persistent buffers (rebuilt from the config), what its ``_keys_to_ignore_on_load_unexpected``
+    patterns name (e.g. GPT-2's stale causal masks ``h.N.attn.bias``), and the ``position_ids`` and
+    ``rotary_emb.inv_freq`` buffers that older versions saved, wherever the class still has such
+    a buffer."""
+    buffers = [name for name, _ in meta.named_buffers(remove_duplicate=False)]
+    non_persistent = set(buffers) - set(meta.state_dict(keep_vars=True))
+    patterns = set(getattr(meta, "_keys_to_ignore_on_load_unexpected", None) or ())
+    if any(name.endswith("rotary_emb.inv_freq") for name in buffers):
+        patterns.add(r"rotary_emb\.inv_freq")
+    if any(name.endswith("position_ids") for name in buffers):
+        patterns.add(r"(^|\.)position_ids$")
+    ignored = re.compile("|".join(f"(?:{pattern})" for pattern in patterns)) if patterns else None
+    return {name for name in unexpected
+            if name in non_persistent or (ignored is not None and ignored.search(name) is not None)}
 
 
 @dataclass(frozen=True)
@@ -333,15 +353,45 @@ def _shard_names(count: int) -> list[str]:
     return [SINGLE] if count == 1 else [f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
 
 
-def _small_files(path: Path) -> list[Path]:
-    """What is copied as it is: tokenizer, generation config, README, ... (weights and config not)."""
-    skip = {"config.json", INDEX, MANIFEST}
-    out = []
-    for item in sorted(path.iterdir()):
-        if item.name in skip or item.name.startswith(".") or any(item.match(p) for p in OTHER_WEIGHTS):
-            continue
-        out.append(item)
-    return out
+def _is_weights(file: Path) -> bool:
+    return not WEIGHT_SUFFIXES.isdisjoint(file.suffixes)  # .suffixes: an index (x.bin.index.json) too
+
+
+def _small_files(checkpoint: SourceCheckpoint) -> tuple[list[Path], list[Path]]:
+    """What is copied as it is (tokenizer, generation config, README, folders of such files), and
+    what is left out: weight files other than lemon's input, and whole folders holding any (e.g.
+    Meta's ``original/consolidated.00.pth`` + ``params.json``: the small model in another layout,
+    which would contradict the expanded one beside it)."""
+    copied, left_out = [], []
+    for item in sorted(checkpoint.path.iterdir()):
+        if item.name in ("config.json", INDEX, MANIFEST) or item.name.startswith(".") or item in checkpoint.shards:
+            continue  # what lemon reads and writes anew
+        weights = any(_is_weights(f) for f in item.rglob("*") if f.is_file()) if item.is_dir() else _is_weights(item)
+        (left_out if weights else copied).append(item)
+    return copied, left_out
+
+
+def _left_out_text(checkpoint: SourceCheckpoint, left_out: list[Path]) -> str | None:
+    """One line naming what of the source is not carried into the output, and why."""
+    parts = []
+    if left_out:
+        parts.append(", ".join(p.name + ("/" if p.is_dir() else "") for p in left_out) + " (the source's weights in "
+                     "another format or layout, in the source's sizes: they would not match the expanded model)")
+    if checkpoint.ignored:
+        parts.append(f"{len(checkpoint.ignored)} stored tensor(s) that {checkpoint.model_class.__name__} does not "
+                     f"load ({', '.join(checkpoint.ignored[:3])}{', ...' if len(checkpoint.ignored) > 3 else ''}: "
+                     "buffers older transformers saved, which this one makes from the config or no longer has)")
+    return f"lemon: left out of the output: {'; '.join(parts)}" if parts else None
+
+
+def _bytes(count: int) -> str:
+    """A size to three significant figures, in the unit that keeps it readable (a dry run's
+    21.2 MB free is not "0.0 GB")."""
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if count >= scale:
+            value = count / scale
+            return f"{value:.{max(0, 2 - int(math.log10(value)))}f} {unit}"
+    return f"{count} B"
 
 
 def _size_of(item: Path) -> int:
@@ -364,11 +414,11 @@ class ExpansionResult:
     direct_io: bool | None  # whether the shards were written with O_DIRECT (None: a dry run)
 
     def summary(self) -> str:
-        gb = self.output_bytes / 1e9
+        size, gb = _bytes(self.output_bytes), self.output_bytes / 1e9
         if self.dry_run:
-            return (f"lemon: dry run: would write {self.tensors} tensors, {gb:.2f} GB in {self.shards} shard(s) "
+            return (f"lemon: dry run: would write {self.tensors} tensors, {size} in {self.shards} shard(s) "
                     f"to {self.destination}")
-        return (f"lemon: wrote {self.tensors} tensors, {gb:.2f} GB in {self.shards} shard(s) to {self.destination} "
+        return (f"lemon: wrote {self.tensors} tensors, {size} in {self.shards} shard(s) to {self.destination} "
                 f"in {self.seconds:.1f} s ({gb / max(self.seconds, 1e-9):.2f} GB/s, "
                 f"{'direct I/O: on the disk now' if self.direct_io else 'through the page cache'})")
 
@@ -401,7 +451,7 @@ def expand_checkpoint(source: str | os.PathLike, destination: str | os.PathLike,
     plan summary and the final line go (default: stderr)."""
     from . import __version__
     from .backends import executor
-    from .rules import plan_expansion
+    from .rules import SIXTEEN_BIT_NOISE, plan_expansion
 
     say = log or (lambda text: print(text, file=sys.stderr, flush=True))
     source, destination = Path(source), Path(destination)
@@ -424,44 +474,37 @@ def expand_checkpoint(source: str | os.PathLike, destination: str | os.PathLike,
     shards = _shard(tensors, max_bytes)
     names = _shard_names(len(shards))
     output_bytes = sum(t.nbytes for t in tensors)
-    small = _small_files(checkpoint.path)
+    small, left_out = _small_files(checkpoint)
     needed = int((output_bytes + sum(_size_of(f) for f in small)) * DISK_MARGIN)
     free = shutil.disk_usage(destination.parent).free
     if free < needed and not dry_run:
-        raise CheckpointError(f"{destination.parent} has {free / 1e9:.2f} GB free, the expanded checkpoint needs "
-                              f"{needed / 1e9:.2f} GB: free some space or choose another destination")
+        raise CheckpointError(f"{destination.parent} has {_bytes(free)} free, the expanded checkpoint needs "
+                              f"{_bytes(needed)}: free some space or choose another destination")
+    if plan.noise_std and SIXTEEN_BIT_NOISE not in plan.notes and any(
+            t.plan is not None and t.dtype in (torch.bfloat16, torch.float16) for t in tensors):
+        plan.notes.append(SIXTEEN_BIT_NOISE)  # planned on the meta model, in fp32: the output's dtype decides
+        say(f"lemon: note: {SIXTEEN_BIT_NOISE}")
     manifest = _manifest(plan, checkpoint, tensors, names, shards, dtype, __version__)
+    note = _left_out_text(checkpoint, left_out)
+    if note is not None:
+        say(note)
     if dry_run:
         say(_dry_run_text(plan, checkpoint, tensors, shards, run, device, block_bytes, free, needed))
         return ExpansionResult(destination, manifest, len(tensors), output_bytes, len(shards), 0.0, True, None)
 
     start = time.perf_counter()
-    temporary = Path(tempfile.mkdtemp(prefix=f".{destination.name}.lemon-", dir=destination.parent))
     try:
-        direct = direct_io is not False and direct_io_supported(temporary)
-        if direct_io and not direct:
-            raise CheckpointError(f"the filesystem of {destination.parent} does not take direct I/O (O_DIRECT): "
-                                  "leave direct_io unset (or drop --direct-io) to write through the page cache")
-        _write_weights(checkpoint, tensors, shards, names, temporary, run, device, block_bytes, progress,
-                       output_bytes, direct)
-        if len(shards) > 1:
-            weight_map = {t.stored: name for shard, name in zip(shards, names) for t in shard}
-            index = {"metadata": {"total_parameters": sum(math.prod(t.shape) for t in tensors if t.plan is not None),
-                                  "total_size": output_bytes}, "weight_map": weight_map}
-            (temporary / INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-        config = plan.config
-        if dtype is not None:
-            config.dtype = dtype
-        config.save_pretrained(temporary)
-        for item in small:
-            (shutil.copytree if item.is_dir() else shutil.copy2)(item, temporary / item.name)
-        (temporary / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o777 & ~umask)  # mkdtemp's 0700, made what a plain mkdir would give
-        _commit(temporary, destination)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
+        with written_beside(destination, overwrite, say) as temporary:
+            direct = direct_io is not False and direct_io_supported(temporary)
+            if direct_io and not direct:
+                raise CheckpointError(f"the filesystem of {destination.parent} does not take direct I/O (O_DIRECT): "
+                                      "leave direct_io unset (or drop --direct-io) to write through the page cache")
+            _write_weights(checkpoint, tensors, shards, names, temporary, run, device, block_bytes, progress,
+                           output_bytes, direct)
+            _write_other_files(temporary, plan, dtype, tensors, shards, names, small, manifest)
+    except OSError as error:
+        if error.errno in DISK_FULL:
+            raise _disk_full(error, destination, needed, free) from None
         raise
     result = ExpansionResult(destination, manifest, len(tensors), output_bytes, len(shards),
                              time.perf_counter() - start, False, direct)
@@ -469,15 +512,31 @@ def expand_checkpoint(source: str | os.PathLike, destination: str | os.PathLike,
     return result
 
 
-def _commit(temporary: Path, destination: Path) -> None:
-    """Put the finished checkpoint in place; a replaced one is removed only after the rename."""
-    if not destination.exists():
-        os.rename(temporary, destination)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{destination.name}.lemon-old-", dir=destination.parent))
-    os.rename(destination, old / destination.name)
-    os.rename(temporary, destination)
-    shutil.rmtree(old, ignore_errors=True)
+def _write_other_files(temporary: Path, plan, dtype, tensors, shards, names, small, manifest) -> None:
+    """Everything of the output but the weights: the index, config.json, the copied small files,
+    the manifest."""
+    if len(shards) > 1:
+        weight_map = {t.stored: name for shard, name in zip(shards, names) for t in shard}
+        index = {"metadata": {"total_parameters": sum(math.prod(t.shape) for t in tensors if t.plan is not None),
+                              "total_size": sum(t.nbytes for t in tensors)}, "weight_map": weight_map}
+        (temporary / INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    config = plan.config
+    if dtype is not None:
+        config.dtype = dtype
+    config.save_pretrained(temporary)
+    for item in small:
+        (shutil.copytree if item.is_dir() else shutil.copy2)(item, temporary / item.name)
+    (temporary / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+
+
+def _disk_full(error: OSError, destination: Path, needed: int, free: int) -> DiskFullError:
+    """The disk-full error as one line: the file being written, the space needed and free."""
+    what = Path(error.filename).name if error.filename else "the output"
+    return DiskFullError(error.errno, f"the disk of {destination.parent} filled up while writing {what} "
+                                      f"({error.strerror}): the expanded checkpoint needs {_bytes(needed)}, and "
+                                      f"{_bytes(free)} was free when the run started (something else has used "
+                                      "space since); the temporary directory was removed: free some space or "
+                                      "choose another destination")
 
 
 class SourceReader:
@@ -643,15 +702,18 @@ def _manifest(plan, checkpoint: SourceCheckpoint, tensors, names, shards, dtype,
 
 def _dry_run_text(plan, checkpoint, tensors, shards, run, device, block_bytes: int, free: int, needed: int) -> str:
     """The plan's summary, the output's size, and a time estimate from one block of a real tensor."""
+    from .architectures import find_family
+
+    fields = find_family(checkpoint.config).config_fields  # a size the family has no field for is not shown
     sizes = ", ".join(f"{k} {plan.source_sizes[k]} -> {v}" for k, v in plan.target_sizes.items()
-                      if v != plan.source_sizes[k])
+                      if v != plan.source_sizes[k] and fields.get(k, k) is not None)
     inserted = [t for t, (_, ins) in enumerate(plan.layers) if ins]
     output = sum(t.nbytes for t in tensors)
     source_bytes = sum(e.nbytes for _, e in checkpoint.tensors.values())
     lines = [f"lemon: dry run of {checkpoint.path} ({checkpoint.model_class.__name__}, {plan.family}): {sizes}",
              f"  layers: {len(plan.layers)} ({'inserted at ' + ', '.join(map(str, inserted)) if inserted else 'none inserted'})",
-             f"  {len(tensors)} tensors, {source_bytes / 1e9:.3f} GB -> {output / 1e9:.3f} GB in {len(shards)} shard(s); "
-             f"{free / 1e9:.1f} GB free at the destination, {needed / 1e9:.3f} GB needed"
+             f"  {len(tensors)} tensors, {_bytes(source_bytes)} -> {_bytes(output)} in {len(shards)} shard(s); "
+             f"{_bytes(free)} free at the destination, {_bytes(needed)} needed"
              + ("" if free >= needed else " (NOT ENOUGH: the real run would refuse)")]
     sample = max((t for t in tensors if t.plan is not None), key=lambda t: t.nbytes, default=None)
     if sample is not None:
@@ -669,7 +731,7 @@ def _dry_run_text(plan, checkpoint, tensors, shards, run, device, block_bytes: i
             torch.cuda.synchronize()
         rate = out.numel() * itemsize / max(time.perf_counter() - start, 1e-9)
         lines.append(f"  estimate: ~{output / rate:.1f} s of expansion ({rate / 1e9:.2f} GB/s, measured on a block of "
-                     f"{sample.name}), plus reading {source_bytes / 1e9:.2f} GB and writing {output / 1e9:.2f} GB")
+                     f"{sample.name}), plus reading {_bytes(source_bytes)} and writing {_bytes(output)}")
     lines.append("  nothing was written")
     return "\n".join(lines)
 
@@ -685,15 +747,26 @@ def read_manifest(path: Path) -> dict | None:
 
 
 def default_tolerance(checkpoint: SourceCheckpoint) -> float:
-    """The relative output difference ``verify_checkpoint`` accepts: fp32 round-off for fp32
-    weights; for 16-bit weights, the rounding of the scaled and noisy weights to 16 bits."""
+    """The relative output difference ``verify_checkpoint`` accepts for the expansion
+    ``checkpoint``: fp32 round-off for fp32 weights; for 16-bit weights, the rounding of the scaled
+    and noisy weights to 16 bits. The source's dtype does not matter: the expansion is computed in
+    fp32 from the source's exact values (a bf16 source expanded to fp32 is fp32-exact)."""
     dtypes = {entry.dtype for _, entry in checkpoint.tensors.values() if entry.dtype.is_floating_point}
     return 1e-5 if dtypes <= {torch.float32, torch.float64} else 5e-2
 
 
 def _inputs(checkpoint: SourceCheckpoint, token_ids: list[int] | None, image: str | None) -> tuple[dict | None, str]:
+    from .architectures import find_family
+
     if token_ids is not None and image is not None:
         raise CheckpointError("pass token ids or an image, not both")
+    vision = find_family(checkpoint.config).inputs == "pixels"
+    if token_ids is not None and vision:
+        raise CheckpointError(f"--token-ids (token_ids) is for text models; {checkpoint.path} is a vision model "
+                              f"({checkpoint.model_class.__name__}): pass --image (image=) instead")
+    if image is not None and not vision:
+        raise CheckpointError(f"--image (image) is for vision models; {checkpoint.path} is a text model "
+                              f"({checkpoint.model_class.__name__}): pass --token-ids (token_ids=) instead")
     if token_ids is not None:
         vocab = getattr(checkpoint.config, "vocab_size", None)
         bad = [i for i in token_ids if i < 0 or (vocab is not None and i >= vocab)]
@@ -742,7 +815,7 @@ def verify_checkpoint(source: str | os.PathLike, destination: str | os.PathLike,
     src, dst = open_checkpoint(source), open_checkpoint(destination)
     check_source_and_expansion(src.meta, dst.meta, call="lemon verify SRC_DIR DST_DIR")  # before loading weights
     if tolerance is None:
-        tolerance = max(default_tolerance(src), default_tolerance(dst))
+        tolerance = default_tolerance(dst)
     manifest = read_manifest(dst.path)
     layers = None if manifest is None else [(entry["source_layer"], entry["inserted"]) for entry in manifest["layers"]]
     inputs, what = _inputs(src, token_ids, image)

@@ -50,8 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("source", metavar="SRC_DIR")
     check.add_argument("destination", metavar="DST_DIR")
     check.add_argument("--tolerance", type=float, default=None,
-                       help="largest relative max output difference accepted (default: 1e-5 for fp32 "
-                            "checkpoints, 5e-2 for 16-bit ones)")
+                       help="largest relative max output difference accepted (default: 1e-5 when DST_DIR's "
+                            "weights are fp32, 5e-2 when they are 16-bit)")
     check.add_argument("--token-ids", type=_int_list, default=None, metavar="I,J,...",
                        help="token ids to run (default: random ones)")
     check.add_argument("--image", default=None, help="an image to run (vision models; uses SRC_DIR's image processor)")
@@ -73,6 +73,20 @@ def main(argv: list[str] | None = None) -> int:
         print(info())
         return 0
     return 2
+
+
+def _plain_warnings() -> None:
+    """A warning from lemon is one line on stderr, as the command's other messages: in a command,
+    the line of code it would name (the console script) says nothing to the user."""
+    import warnings
+
+    default = warnings.formatwarning
+
+    def plain(message, category, filename, lineno, line=None):
+        text = str(message)
+        return f"{text}\n" if text.startswith("lemon") else default(message, category, filename, lineno, line)
+
+    warnings.formatwarning = plain
 
 
 def _int_list(text: str) -> list[int]:
@@ -123,7 +137,8 @@ def _checkpoint_command(args) -> int:
         import torch  # noqa: F401  (first: its libraries are most of the imports' own disk reads)
 
         _read_ahead(args.source)  # overlaps the transformers imports and the planning
-    from .checkpoint import CheckpointError, expand_checkpoint, verify_checkpoint
+    from .checkpoint import expand_checkpoint, verify_checkpoint
+    from .checkpoint_errors import CheckpointError, DiskFullError, Terminated
 
     try:
         if args.command == "expand":
@@ -140,9 +155,38 @@ def _checkpoint_command(args) -> int:
         report, tolerance = verify_checkpoint(args.source, args.destination, tolerance=args.tolerance,
                                               token_ids=args.token_ids, image=args.image)
         return 0 if report.output_relative <= tolerance else 1
-    except (CheckpointError, ValueError, TypeError, RuntimeError) as error:
+    except CheckpointError as error:
         print(f"lemon {args.command}: {error}", file=sys.stderr)
         return 2
+    except (ValueError, TypeError, RuntimeError) as error:  # checked by lemon's Python API, in its keywords
+        print(f"lemon {args.command}: {_as_flags(str(error)) if args.command == 'expand' else error}",
+              file=sys.stderr)
+        return 2
+    except DiskFullError as error:
+        print(f"lemon expand: {error.strerror}", file=sys.stderr)
+        return 2
+    except (KeyboardInterrupt, Terminated) as stop:
+        how = "interrupted" if isinstance(stop, KeyboardInterrupt) else f"terminated by {stop}"
+        done = (f"nothing was written to {args.destination} (temporary files removed)" if args.command == "expand"
+                else "nothing was written")
+        print(f"lemon {args.command}: {how}; {done}", file=sys.stderr)
+        return 130 if isinstance(stop, KeyboardInterrupt) else 128 + stop.signum
+
+
+FLAGS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "num_hidden_layers",
+         "layer_positions", "noise_std", "seed")  # expand_checkpoint's keywords that are `lemon expand` flags
+
+
+def _as_flags(message: str) -> str:
+    """A message of lemon's Python API in the command's words: ``hidden_size=1024`` as
+    ``--hidden-size 1024``, a keyword ``hidden_size`` as the flag ``--hidden-size``."""
+    import re
+
+    names = "|".join(FLAGS)
+    message = re.sub(rf"\b({names})=(\S+?)(?=[,;:)]?(\s|$))",
+                     lambda m: f"--{m[1].replace('_', '-')} {m[2]}", message)
+    message = re.sub(rf"(?<![-\w])({names})\b", lambda m: "--" + m[1].replace("_", "-"), message)
+    return message.replace("the keywords --", "the flags --").replace("the keyword --", "the flag --")
 
 
 def info() -> str:
@@ -171,6 +215,7 @@ def entry() -> None:
     then, so only the standard streams need flushing."""
     import os
 
+    _plain_warnings()  # the process is the command's: its warnings may be formatted for it
     try:
         code = main()
     except SystemExit as exit_:  # argparse's --help, --version and usage errors

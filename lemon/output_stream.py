@@ -20,6 +20,7 @@ one byte: ordinary writes through the page cache.
 """
 from __future__ import annotations
 
+import errno
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -160,9 +161,9 @@ class OutputStream:
     # ------------------------------------------------------------------ the writer threads
     def _write(self, index: int, start: int, stop: int, offset: int) -> None:
         view = self.staging[index][start:stop]
-        self.pending[index].append(self.pool.submit(self._write_block, self.fd, view, offset))
+        self.pending[index].append(self.pool.submit(self._write_block, self.fd, view, offset, self.path))
 
-    def _write_block(self, fd: int, block: torch.Tensor, offset: int) -> None:
+    def _write_block(self, fd: int, block: torch.Tensor, offset: int, path: Path) -> None:
         if self.error is not None:  # after a failed write nothing more is written
             return
         try:
@@ -170,8 +171,12 @@ class OutputStream:
             while data:
                 done = os.pwrite(fd, data, offset)
                 if done <= 0 or done % self.align:
-                    raise OSError(28, f"short write to {self.path} (the disk is probably full)")
+                    raise OSError(errno.ENOSPC, "short write (the disk is probably full)", str(path))
                 data, offset = data[done:], offset + done
+        except OSError as error:
+            if error.filename is None:  # pwrite names no file: the caller's message should
+                error.filename = str(path)
+            self.error = error
         except BaseException as error:  # noqa: BLE001  (raised on the caller's thread)
             self.error = error
 

@@ -10,6 +10,7 @@ import collections
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ import torch
 
 import lemon
 from lemon import checkpoint as ckpt
+from lemon import destination
 from lemon import native, output_stream
 from lemon.checkpoint import CheckpointError, expand_checkpoint, open_checkpoint, verify_checkpoint
 from lemon.output_stream import OutputStream
@@ -143,6 +145,18 @@ def test_verify_lines_up_custom_layer_positions_after_a_reload(tmp_path):
     (dst / "lemon_expansion.json").unlink()  # without the map, layers are assumed spread evenly: wrong here
     report, _ = verify_checkpoint(src, dst, log=lambda _: None)
     assert max(report.layer_max_abs) > 1e-2
+
+
+def test_a_sixteen_bit_output_with_noise_is_said_to_cost_exactness(tmp_path):
+    src = save("llama", tmp_path / "src", dtype=torch.bfloat16)
+    lines = []
+    expand_checkpoint(src, tmp_path / "bf16", hidden_size=64, progress=False, log=lines.append)
+    assert any("zero-sum noise no longer cancels exactly" in line for line in lines), lines
+    assert any("16-bit" in note for note in json.loads((tmp_path / "bf16" / "lemon_expansion.json").read_text())["notes"])
+    for name, kwargs in (("fp32", dict(dtype="float32")), ("copies", dict(noise_std=0))):
+        lines = []
+        expand_checkpoint(src, tmp_path / name, hidden_size=64, progress=False, log=lines.append, **kwargs)
+        assert not any("zero-sum noise" in line for line in lines), (name, lines)
 
 
 def test_verify_prints_its_report_without_transformers_loading_bars(tmp_path, capfd):
@@ -272,7 +286,11 @@ def test_an_interrupted_run_leaves_no_checkpoint_and_keeps_the_old_one(tmp_path,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dst", "src"]
 
 
-def test_a_failed_write_on_the_writer_thread_is_raised_and_cleaned_up(tmp_path, monkeypatch):
+def test_a_failed_write_on_the_writer_thread_is_raised_and_cleaned_up(tmp_path, monkeypatch, capsys):
+    """A full disk: cleaned up, and said in one line naming the file, the space needed and free
+    (no traceback), exit status 2."""
+    from lemon.cli import main
+
     src = save("llama", tmp_path / "src")
     write = os.pwrite
     calls = []
@@ -284,28 +302,176 @@ def test_a_failed_write_on_the_writer_thread_is_raised_and_cleaned_up(tmp_path, 
         return write(fd, data, offset)
 
     monkeypatch.setattr(output_stream.os, "pwrite", disk_full)  # the writer threads' one system call
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(ckpt.DiskFullError, match=r"filled up while writing model\.safetensors \(No space left on "
+                                                 r"device\): the expanded checkpoint needs [\d.]+ kB, and [\d.]+ \w+B "
+                                                 r"was free"):
         expand_checkpoint(src, tmp_path / "dst", hidden_size=48, block_bytes=512, progress=False, log=lambda _: None)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"] and len(calls) == 3  # nothing written after it
+    calls.clear()
+    assert main(["expand", str(src), str(tmp_path / "dst"), "--hidden-size", "48", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("lemon expand: the disk of ") and "Traceback" not in "".join(err), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
 
 
-def test_a_killed_run_leaves_nothing_under_the_destination(tmp_path):
-    """SIGKILL (no cleanup runs): the destination does not exist; only a hidden temporary does."""
+def test_the_command_prints_lemons_warnings_as_one_plain_line(tmp_path):
+    src = save("gpt2", tmp_path / "src")
+    done = subprocess.run([sys.executable, "-m", "lemon", "expand", str(src), str(tmp_path / "dst"),
+                           "--hidden-size", "48", "--num-attention-heads", "6", "--backend", "triton"],
+                          capture_output=True, text=True, env={**os.environ, "LEMON_PROGRESS": "0", "TRITON_INTERPRET": "0"})  # Triton: not here
+    assert done.returncode == 0, done.stderr
+    fallback = [line for line in done.stderr.splitlines() if "backend 'triton' is not available" in line]
+    assert len(fallback) == 1 and fallback[0].startswith("lemon: backend"), done.stderr  # no file:line, no source
+
+
+def test_ctrl_c_is_one_line_and_exit_status_130(tmp_path, monkeypatch, capsys):
+    from lemon.cli import main
+
+    src = save("llama", tmp_path / "src")
+
+    def interrupted(self, name, nbytes):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(OutputStream, "submit", interrupted)
+    handlers = [signal.getsignal(number) for number in destination.TERMINATING]
+    assert main(["expand", str(src), str(tmp_path / "dst"), "--hidden-size", "48", "--no-progress"]) == 130
+    assert [signal.getsignal(number) for number in destination.TERMINATING] == handlers  # SIGTERM's back as it was
+    assert capsys.readouterr().err.strip().splitlines()[-1] == \
+        f"lemon expand: interrupted; nothing was written to {tmp_path / 'dst'} (temporary files removed)"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+KILLED_RUN = ("import sys, lemon.output_stream as s, os, signal\n"
+              "submit = s.OutputStream.submit\n"
+              "def kill(self, name, nbytes):\n"
+              "    submit(self, name, nbytes)\n"
+              "    if name is not None: self.drain(); os.kill(os.getpid(), signal.{signal})\n"
+              "s.OutputStream.submit = kill\n"
+              "from lemon.cli import main\n"
+              "sys.exit(main(['expand', {src!r}, {dst!r}, '--hidden-size', '48']))\n")
+
+
+def test_sigterm_cleans_up_like_ctrl_c(tmp_path):
+    """`kill` (SIGTERM) in the middle of the weights: the temporary directory is removed, one line
+    says so, and the exit status is 128 + 15."""
     src = save("llama", tmp_path / "src")
     dst = tmp_path / "dst"
-    code = ("import sys, lemon.output_stream as s, os, signal\n"
-            "submit = s.OutputStream.submit\n"
-            "def kill(self, name, nbytes):\n"
-            "    submit(self, name, nbytes)\n"
-            "    if name is not None: self.drain(); os.kill(os.getpid(), signal.SIGKILL)\n"
-            "s.OutputStream.submit = kill\n"
-            "from lemon.cli import main\n"
-            f"main(['expand', {str(src)!r}, {str(dst)!r}, '--hidden-size', '48'])\n")
+    code = KILLED_RUN.format(signal="SIGTERM", src=str(src), dst=str(dst))
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert run.returncode == -9, run.stderr
+    assert run.returncode == 143, run.stderr
+    assert run.stderr.strip().splitlines()[-1] == \
+        f"lemon expand: terminated by SIGTERM; nothing was written to {dst} (temporary files removed)"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+def test_a_killed_run_leaves_nothing_under_the_destination_and_the_next_run_removes_its_temporary(tmp_path):
+    """SIGKILL (no cleanup runs): the destination does not exist; only a hidden temporary does,
+    marked with its writer's pid. The next run to the same destination removes it (its writer is
+    dead), but keeps one whose writer is alive and one with no mark."""
+    src = save("llama", tmp_path / "src")
+    dst = tmp_path / "dst"
+    code = KILLED_RUN.format(signal="SIGKILL", src=str(src), dst=str(dst))
+    killed = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, err = killed.communicate()
+    assert killed.returncode == -9, err
     assert not dst.exists()
-    leftovers = [p.name for p in tmp_path.iterdir() if p.name != "src"]
-    assert leftovers and all(name.startswith(".dst.lemon-") for name in leftovers)
+    leftovers = [p for p in tmp_path.iterdir() if p.name != "src"]
+    assert len(leftovers) == 1 and leftovers[0].name.startswith(".dst.lemon-")
+    assert json.loads((leftovers[0] / destination.WRITER).read_text())["pid"] == killed.pid
+    live, unknown = tmp_path / ".dst.lemon-live", tmp_path / ".dst.lemon-old-unknown"
+    live.mkdir()
+    destination._mark_writer(live, dst)  # this process: alive
+    unknown.mkdir()
+    lines = []
+    expand_checkpoint(src, dst, hidden_size=48, progress=False, log=lines.append)
+    assert not leftovers[0].exists() and live.is_dir() and unknown.is_dir()
+    assert lines[0] == (f"lemon: removed 1 temporary directory of {dst} left by a killed run: "
+                        f"{leftovers[0].name} (pid {killed.pid})")
+    assert not (dst / destination.WRITER).exists()  # the mark stays out of the checkpoint
+
+
+def test_a_destination_that_appears_during_the_run_is_kept_and_so_is_the_expansion(tmp_path, monkeypatch, capsys):
+    """Without --overwrite, a destination made while lemon wrote (another run, another program)
+    is left as it is; the finished expansion stays in its temporary directory, named in the
+    message, exit status 2. With --overwrite it is replaced, as one there from the start."""
+    from lemon.cli import main
+
+    src = save("llama", tmp_path / "src")
+    dst = tmp_path / "dst"
+    write_other_files = ckpt._write_other_files
+
+    def and_someone_else_writes_dst(temporary, *args):
+        write_other_files(temporary, *args)
+        dst.mkdir(exist_ok=True)
+        (dst / "theirs.txt").write_text("another run's")
+
+    monkeypatch.setattr(ckpt, "_write_other_files", and_someone_else_writes_dst)
+    assert main(["expand", str(src), str(dst), "--hidden-size", "48", "--no-progress"]) == 2
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    kept = [p for p in tmp_path.iterdir() if p.name.startswith(".dst.lemon-")]
+    assert len(kept) == 1 and "appeared while the expansion was written" in message and str(kept[0]) in message
+    assert [p.name for p in dst.iterdir()] == ["theirs.txt"]
+    assert load(kept[0]).config.hidden_size == 48 and not (kept[0] / destination.WRITER).exists()  # complete, unmarked
+    assert main(["expand", str(src), str(dst), "--hidden-size", "48", "--no-progress"]) == 2  # there from the start
+    assert "not empty" in capsys.readouterr().err and kept[0].is_dir()  # and the kept one is not stale
+    expand_checkpoint(src, dst, hidden_size=48, overwrite=True, progress=False, log=lambda _: None)
+    assert (dst / "config.json").is_file() and not (dst / "theirs.txt").exists()
+
+
+def test_folders_and_files_with_weights_of_the_source_are_left_out(tmp_path):
+    """Meta's `original/` (consolidated.00.pth + params.json: the small model in another layout)
+    and a stray weight file are not copied, and one line says so; other folders are."""
+    src = save("llama", tmp_path / "src")
+    (src / "original").mkdir()
+    (src / "original" / "consolidated.00.pth").write_bytes(b"weights of the small model")
+    (src / "original" / "params.json").write_text('{"dim": 32}')
+    (src / "docs" / "img").mkdir(parents=True)
+    (src / "docs" / "img" / "logo.svg").write_text("<svg/>")
+    (src / "flax_model.msgpack").write_bytes(b"weights")
+    dst = tmp_path / "dst"
+    lines = []
+    expand_checkpoint(src, dst, hidden_size=48, progress=False, log=lines.append)
+    assert (dst / "docs" / "img" / "logo.svg").read_text() == "<svg/>" and (dst / "tokenizer.json").is_file()
+    assert not (dst / "original").exists() and not (dst / "flax_model.msgpack").exists()
+    assert lines[0] == ("lemon: left out of the output: flax_model.msgpack, original/ (the source's weights in "
+                        "another format or layout, in the source's sizes: they would not match the expanded model)")
+
+
+def test_command_line_messages_name_flags_and_sizes_readably(tmp_path, monkeypatch, capsys):
+    """`nothing to expand` names the flags, not Python keywords; the dry run gives sizes to three
+    figures and leaves out the KV heads of a family without them (GPT-2)."""
+    from lemon.cli import main
+
+    src = save("gpt2", tmp_path / "src")
+    assert main(["expand", str(src), str(tmp_path / "dst")]) == 2
+    message = capsys.readouterr().err.strip()
+    assert "among the flags --hidden-size, --intermediate-size" in message and "hidden_size" not in message, message
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(ckpt.shutil, "disk_usage", lambda _: usage(10**12, 10**12, 21_234_567))
+    assert main(["expand", str(src), str(tmp_path / "dst"), "--hidden-size", "64", "--num-attention-heads", "8",
+                 "--dry-run"]) == 0
+    dry = capsys.readouterr().err
+    assert "hidden_size 32 -> 64, num_attention_heads 4 -> 8" in dry and "num_key_value_heads" not in dry, dry
+    assert "21.2 MB free at the destination" in dry, dry
+
+
+def test_verify_refuses_inputs_of_the_other_kind_up_front(tmp_path):
+    vit, llama = save("vit", tmp_path / "vit"), save("llama", tmp_path / "llama")
+    with pytest.raises(CheckpointError, match="--token-ids .* is for text models; .* is a vision model .*: pass "
+                                              "--image"):
+        verify_checkpoint(vit, vit, token_ids=[1, 2], log=lambda _: None)
+    with pytest.raises(CheckpointError, match="--image .* is for vision models; .* is a text model .*: pass "
+                                              "--token-ids"):
+        verify_checkpoint(llama, llama, image=str(tmp_path / "cat.png"), log=lambda _: None)
+
+
+def test_verify_judges_a_float32_expansion_of_a_bf16_source_by_float32_round_off(tmp_path):
+    """The expansion is made in fp32 from the source's exact values: its tolerance is fp32's."""
+    src = save("llama", tmp_path / "src", dtype=torch.bfloat16)
+    dst = tmp_path / "dst"
+    expand_checkpoint(src, dst, **SIZES["llama"], dtype="float32", progress=False, log=lambda _: None)
+    report, tolerance = verify_checkpoint(src, dst, log=lambda _: None)
+    assert tolerance == 1e-5 and report.output_relative <= tolerance, report
 
 
 def corrupt(directory: Path, how: str) -> None:
@@ -392,7 +558,7 @@ def test_too_little_disk_is_refused_before_anything_is_written(tmp_path, monkeyp
     src = save("llama", tmp_path / "src")
     usage = collections.namedtuple("usage", "total used free")
     monkeypatch.setattr(ckpt.shutil, "disk_usage", lambda _: usage(10**12, 10**12 - 1000, 1000))  # 1 kB free
-    with pytest.raises(CheckpointError, match=r"0\.00 GB free, the expanded checkpoint needs"):
+    with pytest.raises(CheckpointError, match=r"has 1\.00 kB free, the expanded checkpoint needs 1\d\d kB"):
         expand_checkpoint(src, tmp_path / "dst", hidden_size=48, progress=False, log=lambda _: None)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
 
@@ -401,7 +567,7 @@ def test_too_little_disk_is_refused_before_anything_is_written(tmp_path, monkeyp
 
 def cli(*args) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "lemon", *map(str, args)], capture_output=True, text=True,
-                          env={**os.environ, "LEMON_PROGRESS": "0"})
+                          env={**os.environ, "LEMON_PROGRESS": "0", "TRITON_INTERPRET": "0"})  # Triton: not here
 
 
 def test_the_command_line_expands_verifies_and_dry_runs(tmp_path):
