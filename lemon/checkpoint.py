@@ -366,6 +366,10 @@ def _small_files(checkpoint: SourceCheckpoint) -> tuple[list[Path], list[Path]]:
     for item in sorted(checkpoint.path.iterdir()):
         if item.name in ("config.json", INDEX, MANIFEST) or item.name.startswith(".") or item in checkpoint.shards:
             continue  # what lemon reads and writes anew
+        broken = [f for f in ([item, *item.rglob("*")] if item.is_dir() else [item]) if f.is_symlink() and not f.exists()]
+        if broken:  # refused now, not found by the copy once the weights are written
+            raise CheckpointError(f"{broken[0]} is a symbolic link to {os.readlink(broken[0])}, which does not exist: "
+                                  "fix or remove the link in the source checkpoint")
         weights = any(_is_weights(f) for f in item.rglob("*") if f.is_file()) if item.is_dir() else _is_weights(item)
         (left_out if weights else copied).append(item)
     return copied, left_out
@@ -454,7 +458,8 @@ def expand_checkpoint(source: str | os.PathLike, destination: str | os.PathLike,
     from .rules import SIXTEEN_BIT_NOISE, plan_expansion
 
     say = log or (lambda text: print(text, file=sys.stderr, flush=True))
-    source, destination = Path(source), Path(destination)
+    # absolute and normalized: `.` or `out/..` has a name and a parent to put the temporary beside
+    source, destination = Path(source), Path(os.path.abspath(destination))
     dtype = _parse_dtype(dtype)
     try:
         max_bytes = parse_size(max_shard_size)

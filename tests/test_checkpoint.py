@@ -314,6 +314,25 @@ def test_a_failed_write_on_the_writer_thread_is_raised_and_cleaned_up(tmp_path, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
 
 
+def test_a_destination_given_as_dot_is_written_from_its_parent(tmp_path, monkeypatch):
+    src = save("gpt2", tmp_path / "src")
+    (tmp_path / "big").mkdir()
+    monkeypatch.chdir(tmp_path / "big")
+    expand_checkpoint(src, ".", hidden_size=48, num_attention_heads=6, progress=False, log=lambda _: None)
+    assert load(tmp_path / "big").config.hidden_size == 48
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big", "src"]  # no temporary left beside it
+
+
+def test_a_dangling_link_in_the_source_is_refused_before_writing(tmp_path):
+    src = save("gpt2", tmp_path / "src")
+    (src / "tok").mkdir()
+    (src / "tok" / "broken.json").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(CheckpointError, match=r"broken\.json is a symbolic link to .*nowhere, which does not exist"):
+        expand_checkpoint(src, tmp_path / "dst", hidden_size=48, num_attention_heads=6, progress=False,
+                          log=lambda _: None)
+    assert not (tmp_path / "dst").exists()
+
+
 def test_the_command_prints_lemons_warnings_as_one_plain_line(tmp_path):
     src = save("gpt2", tmp_path / "src")
     done = subprocess.run([sys.executable, "-m", "lemon", "expand", str(src), str(tmp_path / "dst"),
