@@ -707,11 +707,7 @@ def _manifest(plan, checkpoint: SourceCheckpoint, tensors, names, shards, dtype,
 
 def _dry_run_text(plan, checkpoint, tensors, shards, run, device, block_bytes: int, free: int, needed: int) -> str:
     """The plan's summary, the output's size, and a time estimate from one block of a real tensor."""
-    from .architectures import find_family
-
-    fields = find_family(checkpoint.config).config_fields  # a size the family has no field for is not shown
-    sizes = ", ".join(f"{k} {plan.source_sizes[k]} -> {v}" for k, v in plan.target_sizes.items()
-                      if v != plan.source_sizes[k] and fields.get(k, k) is not None)
+    sizes = plan.sizes_text(changed_only=True)
     inserted = [t for t, (_, ins) in enumerate(plan.layers) if ins]
     output = sum(t.nbytes for t in tensors)
     source_bytes = sum(e.nbytes for _, e in checkpoint.tensors.values())

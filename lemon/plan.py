@@ -346,13 +346,17 @@ class ExpansionPlan:
             "tied": self.tied, "tensors": tensors, "notes": self.notes,
         }
 
-    def summary(self) -> str:
+    def sizes_text(self, changed_only: bool = False) -> str:
+        """``name source -> target`` for each size the family has a setting for (GPT-2 has no
+        KV-head count to show), optionally only those that change."""
         from .architectures import find_family
 
-        fields = find_family(self.config).config_fields  # a size the family has no setting for is left out
-        sizes = ", ".join(f"{k} {self.source_sizes[k]} -> {v}" for k, v in self.target_sizes.items()
-                          if fields.get(k, k) is not None)
-        lines = [f"{self.family}: {sizes}",
+        fields = find_family(self.config).config_fields
+        return ", ".join(f"{k} {self.source_sizes[k]} -> {v}" for k, v in self.target_sizes.items()
+                         if fields.get(k, k) is not None and not (changed_only and v == self.source_sizes[k]))
+
+    def summary(self) -> str:
+        lines = [f"{self.family}: {self.sizes_text()}",
                  "layers: " + " ".join(f"{s}{'+' if ins else ''}" for s, ins in self.layers)]
         lines += [p.describe() for p in self.tensors.values()]
         lines += [f"{alias} is tied to {name}" for alias, name in self.tied.items()]
