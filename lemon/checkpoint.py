@@ -47,6 +47,7 @@ DISK_MARGIN = 1.02  # free space wanted beyond the output's size (the filesystem
 # source's weights, in the source's sizes, so none is copied into the output, nor a folder holding one
 WEIGHT_SUFFIXES = frozenset({".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".ggml", ".h5", ".keras",
                              ".msgpack", ".onnx", ".npz", ".npy", ".tflite", ".pb", ".ot", ".pdparams", ".mlmodel"})
+WEIGHT_CONFIGS = frozenset({"params.json"})  # native configs of such weights, in the source's sizes
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
@@ -78,8 +79,26 @@ def _model_class(config, path: Path) -> type:
         raise CheckpointError(f"{path / 'config.json'}: architectures {names} names no class of the installed "
                               f"transformers {transformers.__version__}: upgrade transformers, or set "
                               "\"architectures\" to the model class the weights belong to")
+    candidates = _classes_of(getattr(config, "model_type", None))
+    example = f'["{candidates[0]}"]' if candidates else '["LlamaForCausalLM"]'
+    among = f" (for {config.model_type}: one of {', '.join(candidates)})" if len(candidates) > 1 else ""
     raise CheckpointError(f"{path / 'config.json'} has no \"architectures\" field, so the weights' model class is "
-                          "unknown: add e.g. \"architectures\": [\"LlamaForCausalLM\"] (what save_pretrained writes)")
+                          f"unknown: add the class they belong to, e.g. \"architectures\": {example}{among}, as "
+                          "save_pretrained writes it")
+
+
+def _classes_of(model_type: str | None) -> list[str]:
+    """The common transformers classes of ``model_type``: its language-model or image-classification
+    head first, its bare model last."""
+    from transformers.models.auto import modeling_auto as auto
+
+    names = []
+    for mapping in (auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+                    auto.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES, auto.MODEL_MAPPING_NAMES):
+        name = mapping.get(model_type)
+        if isinstance(name, str) and name not in names:
+            names.append(name)
+    return names
 
 
 def _refuse_pickles(path: Path) -> None:
@@ -354,18 +373,24 @@ def _shard_names(count: int) -> list[str]:
 
 
 def _is_weights(file: Path) -> bool:
-    return not WEIGHT_SUFFIXES.isdisjoint(file.suffixes)  # .suffixes: an index (x.bin.index.json) too
+    """A file of the source's weights in another format, its index (x.bin.index.json), or the
+    native config that gives their sizes (Meta's and Mistral's params.json)."""
+    return not WEIGHT_SUFFIXES.isdisjoint(file.suffixes) or file.name in WEIGHT_CONFIGS
 
 
 def _small_files(checkpoint: SourceCheckpoint) -> tuple[list[Path], list[Path]]:
-    """What is copied as it is (tokenizer, generation config, README, folders of such files), and
-    what is left out: weight files other than lemon's input, and whole folders holding any (e.g.
-    Meta's ``original/consolidated.00.pth`` + ``params.json``: the small model in another layout,
-    which would contradict the expanded one beside it)."""
+    """What is copied as it is (tokenizer, generation config, README, ``.gitattributes``, folders
+    of such files), and what is left out: weight files other than lemon's input, whole folders
+    holding any (e.g. Meta's ``original/consolidated.00.pth`` + ``params.json``: the small model in
+    another layout, which would contradict the expanded one beside it), and hidden folders
+    (``.git/``, the Hub's ``.cache/``: version control and download records of the source's files)."""
     copied, left_out = [], []
     for item in sorted(checkpoint.path.iterdir()):
-        if item.name in ("config.json", INDEX, MANIFEST) or item.name.startswith(".") or item in checkpoint.shards:
+        if item.name in ("config.json", INDEX, MANIFEST) or item in checkpoint.shards:
             continue  # what lemon reads and writes anew
+        if item.name.startswith(".") and item.is_dir():
+            left_out.append(item)
+            continue
         broken = [f for f in ([item, *item.rglob("*")] if item.is_dir() else [item]) if f.is_symlink() and not f.exists()]
         if broken:  # refused now, not found by the copy once the weights are written
             raise CheckpointError(f"{broken[0]} is a symbolic link to {os.readlink(broken[0])}, which does not exist: "
@@ -378,9 +403,14 @@ def _small_files(checkpoint: SourceCheckpoint) -> tuple[list[Path], list[Path]]:
 def _left_out_text(checkpoint: SourceCheckpoint, left_out: list[Path]) -> str | None:
     """One line naming what of the source is not carried into the output, and why."""
     parts = []
-    if left_out:
-        parts.append(", ".join(p.name + ("/" if p.is_dir() else "") for p in left_out) + " (the source's weights in "
+    hidden = [p for p in left_out if p.name.startswith(".")]
+    weights = [p for p in left_out if p not in hidden]
+    if weights:
+        parts.append(", ".join(p.name + ("/" if p.is_dir() else "") for p in weights) + " (the source's weights in "
                      "another format or layout, in the source's sizes: they would not match the expanded model)")
+    if hidden:
+        parts.append(", ".join(p.name + "/" for p in hidden) + " (hidden folders: version control or download "
+                     "records of the source's files)")
     if checkpoint.ignored:
         parts.append(f"{len(checkpoint.ignored)} stored tensor(s) that {checkpoint.model_class.__name__} does not "
                      f"load ({', '.join(checkpoint.ignored[:3])}{', ...' if len(checkpoint.ignored) > 3 else ''}: "
@@ -485,8 +515,9 @@ def expand_checkpoint(source: str | os.PathLike, destination: str | os.PathLike,
     if free < needed and not dry_run:
         raise CheckpointError(f"{destination.parent} has {_bytes(free)} free, the expanded checkpoint needs "
                               f"{_bytes(needed)}: free some space or choose another destination")
-    if plan.noise_std and SIXTEEN_BIT_NOISE not in plan.notes and any(
-            t.plan is not None and t.dtype in (torch.bfloat16, torch.float16) for t in tensors):
+    if SIXTEEN_BIT_NOISE not in plan.notes and any(
+            t.plan is not None and t.plan.noise_on_copies and t.dtype in (torch.bfloat16, torch.float16)
+            for t in tensors):
         plan.notes.append(SIXTEEN_BIT_NOISE)  # planned on the meta model, in fp32: the output's dtype decides
         say(f"lemon: note: {SIXTEEN_BIT_NOISE}")
     manifest = _manifest(plan, checkpoint, tensors, names, shards, dtype, __version__)
@@ -503,7 +534,7 @@ def expand_checkpoint(source: str | os.PathLike, destination: str | os.PathLike,
             direct = direct_io is not False and direct_io_supported(temporary)
             if direct_io and not direct:
                 raise CheckpointError(f"the filesystem of {destination.parent} does not take direct I/O (O_DIRECT): "
-                                      "leave direct_io unset (or drop --direct-io) to write through the page cache")
+                                      "leave out direct_io=True to write through the page cache")
             _write_weights(checkpoint, tensors, shards, names, temporary, run, device, block_bytes, progress,
                            output_bytes, direct)
             _write_other_files(temporary, plan, dtype, tensors, shards, names, small, manifest)
@@ -708,11 +739,12 @@ def _manifest(plan, checkpoint: SourceCheckpoint, tensors, names, shards, dtype,
 def _dry_run_text(plan, checkpoint, tensors, shards, run, device, block_bytes: int, free: int, needed: int) -> str:
     """The plan's summary, the output's size, and a time estimate from one block of a real tensor."""
     sizes = plan.sizes_text(changed_only=True)
-    inserted = [t for t, (_, ins) in enumerate(plan.layers) if ins]
+    inserted = torch.tensor([ins for _, ins in plan.layers], dtype=torch.bool)
+    runs = ", ".join(f"{a}" if b == a + 1 else f"{a}-{b - 1}" for a, b in _ranges(inserted))  # 1-12, 14-25, ...
     output = sum(t.nbytes for t in tensors)
     source_bytes = sum(e.nbytes for _, e in checkpoint.tensors.values())
     lines = [f"lemon: dry run of {checkpoint.path} ({checkpoint.model_class.__name__}, {plan.family}): {sizes}",
-             f"  layers: {len(plan.layers)} ({'inserted at ' + ', '.join(map(str, inserted)) if inserted else 'none inserted'})",
+             f"  layers: {len(plan.layers)} ({f'{int(inserted.sum())} inserted at {runs}' if runs else 'none inserted'})",
              f"  {len(tensors)} tensors, {_bytes(source_bytes)} -> {_bytes(output)} in {len(shards)} shard(s); "
              f"{_bytes(free)} free at the destination, {_bytes(needed)} needed"
              + ("" if free >= needed else " (NOT ENOUGH: the real run would refuse)")]
@@ -760,14 +792,14 @@ def _inputs(checkpoint: SourceCheckpoint, token_ids: list[int] | None, image: st
     from .architectures import find_family
 
     if token_ids is not None and image is not None:
-        raise CheckpointError("pass token ids or an image, not both")
+        raise CheckpointError("pass token_ids= or image=, not both")
     vision = find_family(checkpoint.config).inputs == "pixels"
     if token_ids is not None and vision:
-        raise CheckpointError(f"--token-ids (token_ids) is for text models; {checkpoint.path} is a vision model "
-                              f"({checkpoint.model_class.__name__}): pass --image (image=) instead")
+        raise CheckpointError(f"token_ids= are for text models; {checkpoint.path} is a vision model "
+                              f"({checkpoint.model_class.__name__}): pass image= instead")
     if image is not None and not vision:
-        raise CheckpointError(f"--image (image) is for vision models; {checkpoint.path} is a text model "
-                              f"({checkpoint.model_class.__name__}): pass --token-ids (token_ids=) instead")
+        raise CheckpointError(f"image= is for vision models; {checkpoint.path} is a text model "
+                              f"({checkpoint.model_class.__name__}): pass token_ids= instead")
     if token_ids is not None:
         vocab = getattr(checkpoint.config, "vocab_size", None)
         bad = [i for i in token_ids if i < 0 or (vocab is not None and i >= vocab)]
@@ -775,18 +807,36 @@ def _inputs(checkpoint: SourceCheckpoint, token_ids: list[int] | None, image: st
             raise CheckpointError(f"token ids must be a non-empty list in [0, {vocab}); got {bad or token_ids}")
         return {"input_ids": torch.tensor([token_ids])}, f"the {len(token_ids)} token ids given"
     if image is not None:
-        try:
-            from PIL import Image
-            from transformers import AutoImageProcessor
-
-            processor = AutoImageProcessor.from_pretrained(checkpoint.path, local_files_only=True)
-            pixels = processor(images=Image.open(image).convert("RGB"), return_tensors="pt")["pixel_values"]
-        except Exception as error:  # noqa: BLE001  (no PIL, no processor config, unreadable image)
-            raise CheckpointError(f"cannot make pixel values from {image} with {checkpoint.path}'s image processor "
-                                  f"({type(error).__name__}: {error}): the source checkpoint needs a "
-                                  "preprocessor_config.json, and Pillow must be installed") from None
-        return {"pixel_values": pixels}, f"the image {image}"
+        return {"pixel_values": _pixels(checkpoint.path, Path(image))}, f"the image {image}"
     return None, "random inputs"
+
+
+def _pixels(source: Path, image: Path) -> torch.Tensor:
+    """``image`` as the source checkpoint's image processor prepares it; each way this can fail
+    is said with its own fix."""
+    if not image.is_file():
+        raise CheckpointError(f"the image {image} does not exist (or is not a file): pass the path of an image file")
+    if not (source / "preprocessor_config.json").is_file():
+        raise CheckpointError(f"{source} has no preprocessor_config.json, so how images are resized and normalized "
+                              "for this model is unknown: save the model's image processor there "
+                              "(processor.save_pretrained), or verify on random inputs (leave out the image)")
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError:
+        raise CheckpointError("reading an image needs Pillow: pip install pillow") from None
+    from transformers import AutoImageProcessor
+
+    try:
+        picture = Image.open(image).convert("RGB")
+    except (UnidentifiedImageError, OSError) as error:
+        raise CheckpointError(f"cannot read {image} as an image ({error}): pass a PNG, JPEG or another "
+                              "format Pillow reads") from None
+    try:
+        processor = AutoImageProcessor.from_pretrained(source, local_files_only=True)
+        return processor(images=picture, return_tensors="pt")["pixel_values"]
+    except Exception as error:  # noqa: BLE001  (whatever the processor's own checks raise)
+        raise CheckpointError(f"{source}'s image processor could not prepare {image} ({type(error).__name__}: "
+                              f"{error}): check preprocessor_config.json, or verify on random inputs") from None
 
 
 @contextmanager

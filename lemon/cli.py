@@ -155,12 +155,8 @@ def _checkpoint_command(args) -> int:
         report, tolerance = verify_checkpoint(args.source, args.destination, tolerance=args.tolerance,
                                               token_ids=args.token_ids, image=args.image)
         return 0 if report.output_relative <= tolerance else 1
-    except CheckpointError as error:
-        print(f"lemon {args.command}: {error}", file=sys.stderr)
-        return 2
-    except (ValueError, TypeError, RuntimeError) as error:  # checked by lemon's Python API, in its keywords
-        print(f"lemon {args.command}: {_as_flags(str(error)) if args.command == 'expand' else error}",
-              file=sys.stderr)
+    except (CheckpointError, ValueError, TypeError, RuntimeError) as error:  # said in the Python API's keywords
+        print(f"lemon {args.command}: {_as_flags(str(error).removeprefix('lemon: '))}", file=sys.stderr)
         return 2
     except DiskFullError as error:
         print(f"lemon expand: {error.strerror}", file=sys.stderr)
@@ -173,19 +169,30 @@ def _checkpoint_command(args) -> int:
         return 130 if isinstance(stop, KeyboardInterrupt) else 128 + stop.signum
 
 
+# the keywords of expand_checkpoint and verify_checkpoint that are flags of `lemon expand` / `lemon verify`:
+# named alone in a message (distinctive enough to translate as words) ...
 FLAGS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "num_hidden_layers",
-         "layer_positions", "noise_std", "seed")  # expand_checkpoint's keywords that are `lemon expand` flags
+         "layer_positions", "noise_std", "max_shard_size", "token_ids")
+# ... and only when written as keywords (``image=``, ``seed=3``): as words they are plain English
+KEYWORD_FLAGS = FLAGS + ("seed", "image", "tolerance", "dtype", "device", "backend")
+SWITCHES = {"overwrite=True": "--overwrite", "direct_io=True": "--direct-io", "direct_io=False": "--no-direct-io"}
 
 
 def _as_flags(message: str) -> str:
     """A message of lemon's Python API in the command's words: ``hidden_size=1024`` as
-    ``--hidden-size 1024``, a keyword ``hidden_size`` as the flag ``--hidden-size``."""
+    ``--hidden-size 1024``, ``overwrite=True`` as ``--overwrite``, ``image=`` (no value) and a
+    keyword named alone (``hidden_size``) as the flag (``--image``, ``--hidden-size``)."""
     import re
 
-    names = "|".join(FLAGS)
-    message = re.sub(rf"\b({names})=(\S+?)(?=[,;:)]?(\s|$))",
-                     lambda m: f"--{m[1].replace('_', '-')} {m[2]}", message)
-    message = re.sub(rf"(?<![-\w])({names})\b", lambda m: "--" + m[1].replace("_", "-"), message)
+    def flag(name: str) -> str:
+        return "--" + name.replace("_", "-")
+
+    for switch, text in SWITCHES.items():
+        message = re.sub(rf"(?<![-\w.]){re.escape(switch)}(?!\w)", text, message)
+    keywords = "|".join(KEYWORD_FLAGS)
+    message = re.sub(rf"(?<![-\w.])({keywords})=([^\s,;:)]\S*?)(?=[,;:)]?(\s|$))", lambda m: f"{flag(m[1])} {m[2]}", message)
+    message = re.sub(rf"(?<![-\w.])({keywords})=(?=[\s,;:)]|$)", lambda m: flag(m[1]), message)
+    message = re.sub(rf"(?<![-\w.])({'|'.join(FLAGS)})\b", lambda m: flag(m[1]), message)
     return message.replace("the keywords --", "the flags --").replace("the keyword --", "the flag --")
 
 
@@ -223,6 +230,9 @@ def entry() -> None:
         if not isinstance(code, int):  # a message instead of a status
             print(code, file=sys.stderr)
             code = 2
+    except KeyboardInterrupt:  # before a subcommand's own handling, e.g. while torch imports: nothing written yet
+        print("lemon: interrupted", file=sys.stderr)
+        code = 130
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

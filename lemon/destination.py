@@ -40,7 +40,7 @@ def check_destination(source: Path, destination: Path, overwrite: bool) -> None:
     if dst.exists() and not dst.is_dir():
         raise CheckpointError(f"the destination {destination} is a file: pass a directory path")
     if dst.is_dir() and any(dst.iterdir()) and not overwrite:
-        raise CheckpointError(f"the destination {destination} is not empty: pass --overwrite (overwrite=True) to "
+        raise CheckpointError(f"the destination {destination} is not empty: pass overwrite=True to "
                               "replace it once the new checkpoint is complete, or choose a new directory")
     if not dst.parent.is_dir():
         raise CheckpointError(f"the destination's parent {destination.parent} does not exist: create it first")
@@ -148,7 +148,7 @@ def _commit(temporary: Path, destination: Path, overwrite: bool) -> None:
                 f"the destination {destination} appeared while the expansion was written (another run or "
                 f"program made it) and overwrite was not asked for: it was left as it is. The finished "
                 f"expansion is kept in {temporary}: move it where you want it (mv {temporary} NEW_DIR), or "
-                "rerun with --overwrite (overwrite=True) to replace the destination") from None
+                "rerun with overwrite=True to replace the destination") from None
         return
     if not destination.exists():
         os.rename(temporary, destination)

@@ -222,6 +222,24 @@ class TensorPlan:
     def has_noise(self) -> bool:
         return self.noise_axis is not None and self.noise_std != 0.0
 
+    @cached_property
+    def noise_on_copies(self) -> bool:
+        """Whether zero-sum noise lands on copies of nonzero source values (W/k plus or minus a
+        perturbation): stored in 16 bits, each copy is then rounded on its own and the noise no
+        longer cancels exactly. Cancel-zero writers (base 0: a value and its negation round
+        alike), free weights and groups of one stay exact."""
+        if not self.has_noise:
+            return False
+        along, other = self.axes[self.noise_axis], self.axes[1 - self.noise_axis]
+        nxt = along.next_replica
+        copies = (nxt >= 0) & (nxt != torch.arange(len(along)))
+        if along.scale is not None:
+            copies &= along.scale != 0
+        nonzero = other.source != ZERO
+        if other.scale is not None:
+            nonzero &= other.scale != 0
+        return bool(copies.any()) and bool(nonzero.any())
+
     @property
     def output_shape(self) -> tuple[int, ...]:
         """What an executor writes: the stored shape for the whole tensor, else the window's view block."""

@@ -254,8 +254,14 @@ def target_config(family: Family, config, source: Sizes, target: Sizes, layers):
 # zero-sum noise is exact in real numbers; stored in 16 bits, each replica is rounded on its own
 SIXTEEN_BIT_NOISE = ("16-bit weights with noise: each noisy replica is rounded to 16 bits on its own, so the "
                      "zero-sum noise no longer cancels exactly (GPT-2-small x2 in bf16: 2.4e-2 relative on the "
-                     "logits, 7.7e-7 with noise_std=0). Expand a float32 copy (model.float(), or lemon expand "
-                     "--dtype float32) to stay exact with noise; mixed-precision training keeps fp32 weights anyway.")
+                     "logits, 7.7e-7 without noise). To stay exact with noise, expand a float32 copy "
+                     "(model.float(); lemon expand --dtype float32): mixed-precision training keeps fp32 weights anyway.")
+
+
+def noise_on_copies(tensors: dict[str, TensorPlan]) -> bool:
+    """Whether 16-bit outputs of these plans would lose exactness to the noise (SIXTEEN_BIT_NOISE):
+    widening splits weights into noisy copies; deepening alone adds cancel-zero writers, exact."""
+    return any(plan.noise_on_copies for plan in tensors.values())
 
 
 @one_thread()  # bookkeeping on small tensors: see lemon/serial.py
@@ -287,7 +293,7 @@ def plan_expansion(model: torch.nn.Module, *, hidden_size=None, intermediate_siz
     requested = {"hidden_size": hidden_size, "intermediate_size": intermediate_size,
                  "num_attention_heads": num_attention_heads, "num_key_value_heads": num_key_value_heads,
                  "num_hidden_layers": num_hidden_layers}
-    require_growth(source, requested, layer_positions)
+    require_growth(family, source, requested, layer_positions)
     target, layer_positions = resolve(family, source, requested, layer_positions)
     if noise_std is None:
         noise_std = float(getattr(config, "initializer_range", 0.02))
@@ -341,7 +347,7 @@ def plan_expansion(model: torch.nn.Module, *, hidden_size=None, intermediate_siz
 
     skeleton = check_target_parameters(model, new_config, tensors, tied)
     notes = list(family.notes)
-    if noise_std and any(p.dtype in (torch.bfloat16, torch.float16) for p in params.values()):
+    if any(p.dtype in (torch.bfloat16, torch.float16) for p in params.values()) and noise_on_copies(tensors):
         notes.append(SIXTEEN_BIT_NOISE)
     return ExpansionPlan(
         family=family.name, source_sizes=source.as_dict(), target_sizes=target.as_dict(),

@@ -52,6 +52,10 @@ def model_sizes(model) -> Sizes:
     return read_sizes(family, model.config, 0)
 
 
+# config fields an expansion never changes: the inputs a model takes and where it reads them
+KEPT_FIELDS = ("vocab_size", "type_vocab_size", "max_position_embeddings", "image_size", "patch_size", "num_channels")
+
+
 def check_source_and_expansion(small, big, call: str = "lemon.verify(small, big)") -> None:
     """``small`` must be the source and ``big`` its expansion, at least as large in every size
     (catches swapped arguments; equal sizes, e.g. a reloaded copy, are fine). ``call``: how the
@@ -61,6 +65,11 @@ def check_source_and_expansion(small, big, call: str = "lemon.verify(small, big)
         raise ValueError(f"the two models are of different kinds (model_type {kinds[0]!r} and {kinds[1]!r}), so "
                          f"the second cannot be an expansion of the first: call {call} with a source model "
                          "and its own expansion")
+    fixed = [f"{name} {getattr(small.config, name)} and {getattr(big.config, name)}" for name in KEPT_FIELDS
+             if getattr(small.config, name, None) != getattr(big.config, name, None)]
+    if fixed:
+        raise ValueError(f"the two models differ in what an expansion keeps ({', '.join(fixed)}), so the second "
+                         f"cannot be an expansion of the first: call {call} with a source model and its own expansion")
     a, b = model_sizes(small), model_sizes(big)
     smaller = [f"{n} {getattr(b, n)} < {getattr(a, n)}" for n in SIZE_NAMES if getattr(b, n) < getattr(a, n)]
     if smaller:
@@ -129,13 +138,15 @@ def check_layer_positions(layer_positions) -> list | None:
                         f"of type {type(layer_positions).__name__}: pass a list such as [2]") from None
 
 
-def require_growth(source: Sizes, requested: dict, layer_positions) -> None:
-    """Refuse a request that changes nothing: it would only copy the model, noise-free."""
+def require_growth(family: Family, source: Sizes, requested: dict, layer_positions) -> None:
+    """Refuse a request that changes nothing: it would only copy the model, noise-free. The
+    message names the sizes this family has (GPT-2 has no KV-head count to grow)."""
     if layer_positions or any(v is not None and v != getattr(source, k) for k, v in requested.items()):
         return
-    current = ", ".join(f"{name}={getattr(source, name)}" for name in requested)
+    names = [name for name in requested if family.config_fields.get(name, name) is not None]
+    current = ", ".join(f"{name}={getattr(source, name)}" for name in names)
     raise ValueError(f"nothing to expand: every size is None or equal to the source's. Pass at least one "
-                     f"larger size among the keywords {', '.join(requested)}; the source has {current}")
+                     f"larger size among the keywords {', '.join(names)}; the source has {current}")
 
 
 def _check_int(name: str, value) -> int:

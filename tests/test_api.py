@@ -211,6 +211,19 @@ def test_verify_refuses_models_of_different_kinds():
         lemon.verify(make_model("llama"), big)
 
 
+def test_verify_refuses_models_whose_inputs_differ_up_front():
+    """A different vocabulary (or image size) is not an expansion: said up front, not reported as
+    a failed comparison (or an index error in the embedding)."""
+    import transformers as T
+
+    from conftest import LLAMA_SIZES
+
+    small = make_model("llama")
+    other = T.LlamaForCausalLM(T.LlamaConfig(**{**LLAMA_SIZES, "vocab_size": 200, "hidden_size": 64}))
+    with pytest.raises(ValueError, match=r"differ in what an expansion keeps \(vocab_size 97 and 200\)"):
+        lemon.verify(small, other)
+
+
 def test_verify_takes_a_layer_map_of_indices_or_pairs():
     small = make_model("llama")  # 2 layers
     big = lemon.expand(small, num_hidden_layers=4, layer_positions=[2, 3], progress=False)  # 0 1 1' 1'
@@ -288,9 +301,25 @@ def test_sixteen_bit_noise_is_said_to_cost_exactness_and_plain_copies_stay_exact
         warnings.simplefilter("error")
         plain = lemon.expand(small, hidden_size=64, noise_std=0, progress=False)
         lemon.expand(small.float(), hidden_size=64, progress=False)
+        # deepening adds cancel-zero writers (d and -d round alike) and more KV heads are copies:
+        # noise, and no note, because nothing is lost
+        deeper = lemon.expand(small, num_hidden_layers=4, layer_positions=[1, 3], progress=False)
+        more_kv = lemon.expand(small, num_key_value_heads=4, progress=False)
+    assert not lemon.expand_plan(small, num_hidden_layers=5).notes
     noisy_error = verify(small.float(), noisy.float()).output_relative
     plain_error = verify(small.float(), plain.float()).output_relative
     assert plain_error <= 1e-5 < noisy_error, (plain_error, noisy_error)
+    for exact in (deeper, more_kv):
+        assert verify(small.float(), exact.float()).output_relative <= 1e-5
+
+
+def test_ctrl_c_before_a_subcommand_handles_it_is_one_line():
+    """E.g. while torch imports: the command says it was interrupted, exit status 130, no traceback."""
+    code = ("import lemon.cli as cli\n"
+            "def main(argv=None):\n    raise KeyboardInterrupt\n"
+            "cli.main = main\ncli.entry()")
+    out = run_here(sys.executable, "-c", code)
+    assert out.returncode == 130 and out.stderr == "lemon: interrupted\n", out.stderr
 
 
 def test_python_dash_m_lemon_and_the_version_flag():

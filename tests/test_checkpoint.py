@@ -153,9 +153,10 @@ def test_a_sixteen_bit_output_with_noise_is_said_to_cost_exactness(tmp_path):
     expand_checkpoint(src, tmp_path / "bf16", hidden_size=64, progress=False, log=lines.append)
     assert any("zero-sum noise no longer cancels exactly" in line for line in lines), lines
     assert any("16-bit" in note for note in json.loads((tmp_path / "bf16" / "lemon_expansion.json").read_text())["notes"])
-    for name, kwargs in (("fp32", dict(dtype="float32")), ("copies", dict(noise_std=0))):
+    for name, kwargs in (("fp32", dict(dtype="float32", hidden_size=64)), ("copies", dict(noise_std=0, hidden_size=64)),
+                         ("deeper", dict(num_hidden_layers=5))):  # cancel-zero writers: exact in 16 bits
         lines = []
-        expand_checkpoint(src, tmp_path / name, hidden_size=64, progress=False, log=lines.append, **kwargs)
+        expand_checkpoint(src, tmp_path / name, progress=False, log=lines.append, **kwargs)
         assert not any("zero-sum noise" in line for line in lines), (name, lines)
 
 
@@ -212,8 +213,14 @@ def test_verify_runs_an_image_through_the_source_image_processor(tmp_path):
     lines = []
     report, tolerance = verify_checkpoint(src, dst, image=str(picture), log=lines.append)
     assert report.output_relative <= tolerance and f"the image {picture}" in lines[0]
-    with pytest.raises(CheckpointError, match="cannot make pixel values"):
+    with pytest.raises(CheckpointError, match=r"missing\.png does not exist .*: pass the path of an image file"):
         verify_checkpoint(src, dst, image=str(tmp_path / "missing.png"), log=lambda _: None)
+    (tmp_path / "notes.png").write_text("not a picture")
+    with pytest.raises(CheckpointError, match=r"cannot read .*notes\.png as an image .*: pass a PNG, JPEG"):
+        verify_checkpoint(src, dst, image=str(tmp_path / "notes.png"), log=lambda _: None)
+    (src / "preprocessor_config.json").unlink()
+    with pytest.raises(CheckpointError, match="has no preprocessor_config.json, .*processor.save_pretrained"):
+        verify_checkpoint(src, dst, image=str(picture), log=lambda _: None)
 
 
 def test_device_cuda_without_a_gpu_is_refused(tmp_path):
@@ -249,7 +256,7 @@ def test_an_existing_destination_is_replaced_only_with_overwrite_and_only_when_c
     dst = tmp_path / "dst"
     dst.mkdir()
     (dst / "keep.txt").write_text("the user's")
-    with pytest.raises(CheckpointError, match="not empty.*--overwrite"):
+    with pytest.raises(CheckpointError, match="not empty: pass overwrite=True"):
         expand_checkpoint(src, dst, hidden_size=48, progress=False, log=lambda _: None)
     assert (dst / "keep.txt").read_text() == "the user's"
     expand_checkpoint(src, dst, hidden_size=48, overwrite=True, progress=False, log=lambda _: None)
@@ -439,7 +446,8 @@ def test_a_destination_that_appears_during_the_run_is_kept_and_so_is_the_expansi
 
 def test_folders_and_files_with_weights_of_the_source_are_left_out(tmp_path):
     """Meta's `original/` (consolidated.00.pth + params.json: the small model in another layout)
-    and a stray weight file are not copied, and one line says so; other folders are."""
+    and a stray weight file are not copied, nor hidden folders (a clone's .git/, a Hub download's
+    .cache/), and one line says so; other folders and hidden files (.gitattributes) are."""
     src = save("llama", tmp_path / "src")
     (src / "original").mkdir()
     (src / "original" / "consolidated.00.pth").write_bytes(b"weights of the small model")
@@ -447,13 +455,21 @@ def test_folders_and_files_with_weights_of_the_source_are_left_out(tmp_path):
     (src / "docs" / "img").mkdir(parents=True)
     (src / "docs" / "img" / "logo.svg").write_text("<svg/>")
     (src / "flax_model.msgpack").write_bytes(b"weights")
+    (src / "params.json").write_text('{"dim": 32}')  # Mistral's layout: the native config at the top level
+    (src / ".gitattributes").write_text("*.safetensors filter=lfs diff=lfs merge=lfs -text\n")
+    (src / ".cache" / "huggingface").mkdir(parents=True)
+    (src / ".cache" / "huggingface" / "model.safetensors.metadata").write_text("etag of the small model's file")
     dst = tmp_path / "dst"
     lines = []
     expand_checkpoint(src, dst, hidden_size=48, progress=False, log=lines.append)
     assert (dst / "docs" / "img" / "logo.svg").read_text() == "<svg/>" and (dst / "tokenizer.json").is_file()
+    assert (dst / ".gitattributes").read_text() == (src / ".gitattributes").read_text()
     assert not (dst / "original").exists() and not (dst / "flax_model.msgpack").exists()
-    assert lines[0] == ("lemon: left out of the output: flax_model.msgpack, original/ (the source's weights in "
-                        "another format or layout, in the source's sizes: they would not match the expanded model)")
+    assert not (dst / ".cache").exists()
+    assert not (dst / "params.json").exists()
+    assert lines[0] == ("lemon: left out of the output: flax_model.msgpack, original/, params.json (the source's weights in "
+                        "another format or layout, in the source's sizes: they would not match the expanded model); "
+                        ".cache/ (hidden folders: version control or download records of the source's files)")
 
 
 def test_command_line_messages_name_flags_and_sizes_readably(tmp_path, monkeypatch, capsys):
@@ -465,6 +481,7 @@ def test_command_line_messages_name_flags_and_sizes_readably(tmp_path, monkeypat
     assert main(["expand", str(src), str(tmp_path / "dst")]) == 2
     message = capsys.readouterr().err.strip()
     assert "among the flags --hidden-size, --intermediate-size" in message and "hidden_size" not in message, message
+    assert "key-value" not in message, message  # GPT-2 has no KV-head count of its own
     usage = collections.namedtuple("usage", "total used free")
     monkeypatch.setattr(ckpt.shutil, "disk_usage", lambda _: usage(10**12, 10**12, 21_234_567))
     assert main(["expand", str(src), str(tmp_path / "dst"), "--hidden-size", "64", "--num-attention-heads", "8",
@@ -472,15 +489,48 @@ def test_command_line_messages_name_flags_and_sizes_readably(tmp_path, monkeypat
     dry = capsys.readouterr().err
     assert "hidden_size 32 -> 64, num_attention_heads 4 -> 8" in dry and "num_key_value_heads" not in dry, dry
     assert "21.2 MB free at the destination" in dry, dry
+    assert main(["expand", str(src), str(tmp_path / "dst"), "--num-hidden-layers", "10", "--layer-positions",
+                 "1,2,3,4,5,6,8,9", "--dry-run"]) == 0
+    assert "  layers: 10 (8 inserted at 1-6, 8-9)" in capsys.readouterr().err.splitlines()  # runs, not every index
+
+
+def test_command_line_refusals_are_said_in_flags(tmp_path, capsys):
+    """The Python API's refusals name its keywords; the command says the same in its flags, with
+    one `lemon expand:` prefix."""
+    from lemon.cli import main
+
+    src, vit = save("gpt2", tmp_path / "src"), save("vit", tmp_path / "vit")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("the user's")
+    cases = [
+        (["expand", src, tmp_path / "full", "--hidden-size", "64"], "lemon expand: the destination",
+         "pass --overwrite to replace it"),
+        (["expand", src, tmp_path / "dst", "--hidden-size", "64", "--max-shard-size", "5XB"],
+         "lemon expand: --max-shard-size: cannot read the size '5XB'", ""),
+        (["verify", src, src, "--image", tmp_path / "cat.png"], "lemon verify: --image is for vision models",
+         "pass --token-ids instead"),
+        (["verify", vit, vit, "--token-ids", "1,2"], "lemon verify: --token-ids are for text models",
+         "pass --image instead"),
+    ]
+    if "cpp" in lemon.available_backends() and not native.build_info()["cuda"]:
+        cases.append((["expand", src, tmp_path / "dst", "--hidden-size", "64", "--backend", "cuda"],
+                      "lemon expand: backend 'cuda' is not in this build", ""))
+    for argv, start, fix in cases:
+        assert main([str(a) for a in argv]) == 2
+        message = capsys.readouterr().err.strip().splitlines()[-1]
+        assert message.startswith(start) and fix in message, message
+        if fix:  # (the build hint names LEMON_NO_EXT=1, an environment variable)
+            assert "=" not in message and "_" not in message.replace(str(tmp_path), ""), message
+    assert (tmp_path / "full" / "keep.txt").read_text() == "the user's" and not (tmp_path / "dst").exists()
 
 
 def test_verify_refuses_inputs_of_the_other_kind_up_front(tmp_path):
     vit, llama = save("vit", tmp_path / "vit"), save("llama", tmp_path / "llama")
-    with pytest.raises(CheckpointError, match="--token-ids .* is for text models; .* is a vision model .*: pass "
-                                              "--image"):
+    with pytest.raises(CheckpointError, match="token_ids= are for text models; .* is a vision model .*: pass "
+                                              "image= instead"):
         verify_checkpoint(vit, vit, token_ids=[1, 2], log=lambda _: None)
-    with pytest.raises(CheckpointError, match="--image .* is for vision models; .* is a text model .*: pass "
-                                              "--token-ids"):
+    with pytest.raises(CheckpointError, match="image= is for vision models; .* is a text model .*: pass "
+                                              "token_ids= instead"):
         verify_checkpoint(llama, llama, image=str(tmp_path / "cat.png"), log=lambda _: None)
 
 
@@ -552,6 +602,19 @@ def test_bad_checkpoints_are_refused_naming_the_file_before_anything_is_written(
         expand_checkpoint(src, dst, hidden_size=48, progress=False, log=lambda _: None)
     assert not dst.exists() and digest(src) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+@pytest.mark.parametrize("family,classes", [("gpt2", "GPT2LMHeadModel, GPT2Model"),
+                                            ("vit", "ViTForImageClassification, ViTModel")])
+def test_a_config_without_architectures_is_refused_with_its_own_familys_classes(family, classes, tmp_path):
+    src = save(family, tmp_path / "src")
+    config = json.loads((src / "config.json").read_text())
+    del config["architectures"]
+    (src / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=rf'no "architectures" field.*"architectures": \["{classes.split(",")[0]}"\] '
+                                              rf"\(for {family}: one of {classes}\)"):
+        expand_checkpoint(src, tmp_path / "dst", hidden_size=64, progress=False, log=lambda _: None)
+    assert not (tmp_path / "dst").exists()
 
 
 @pytest.mark.parametrize("where,kwargs,message", [
