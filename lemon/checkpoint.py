@@ -47,6 +47,7 @@ DISK_MARGIN = 1.02  # free space wanted beyond the output's size (the filesystem
 # source's weights, in the source's sizes, so none is copied into the output, nor a folder holding one
 WEIGHT_SUFFIXES = frozenset({".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".ggml", ".h5", ".keras",
                              ".msgpack", ".onnx", ".npz", ".npy", ".tflite", ".pb", ".ot", ".pdparams", ".mlmodel"})
+WOULD_REFUSE = "the real run would refuse: "  # a dry run's line for a destination it would not write
 WEIGHT_CONFIGS = frozenset({"params.json"})  # native configs of such weights, in the source's sizes
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
@@ -101,19 +102,21 @@ def _classes_of(model_type: str | None) -> list[str]:
     return names
 
 
-def _refuse_pickles(path: Path) -> None:
+def _refuse_pickles(path: Path, model_class: type) -> None:
+    """No safetensors: refused, with the conversion command for pickled weights (loaded by the
+    config's own class, so that a head such as lm_head is kept)."""
     pickles = sorted(p.name for pattern in ("*.bin", "*.pt", "*.pth", "*.ckpt") for p in path.glob(pattern))
     if pickles:
         raise CheckpointError(
             f"{path} holds weights as {', '.join(pickles[:3])}: pickle files, which lemon never loads (loading "
             "one runs code from the file). Convert a checkpoint you trust to safetensors first, e.g. "
-            f"python -c \"import transformers as t; t.AutoModel.from_pretrained('{path}', use_safetensors=False)"
-            f".save_pretrained('{path}-safetensors')\" (use the checkpoint's own Auto class), then expand that")
+            f"python -c \"import transformers as t; t.{model_class.__name__}.from_pretrained('{path}', "
+            f"use_safetensors=False).save_pretrained('{path}-safetensors')\", then expand that")
     raise CheckpointError(f"{path} has no {SINGLE} and no {INDEX}: lemon reads checkpoints as transformers' "
                           "save_pretrained writes them (safetensors, sharded or not)")
 
 
-def _shards(path: Path) -> tuple[list[Path], dict[str, str] | None]:
+def _shards(path: Path, model_class: type) -> tuple[list[Path], dict[str, str] | None]:
     """The safetensors files and, for a sharded checkpoint, its index's weight map."""
     index = path / INDEX
     if index.is_file():
@@ -133,7 +136,7 @@ def _shards(path: Path) -> tuple[list[Path], dict[str, str] | None]:
         return [path / f for f in files], weight_map
     if (path / SINGLE).is_file():
         return [path / SINGLE], None
-    _refuse_pickles(path)
+    _refuse_pickles(path, model_class)
     raise AssertionError("unreachable")
 
 
@@ -226,7 +229,7 @@ def open_checkpoint(path: str | os.PathLike) -> SourceCheckpoint:
         raise CheckpointError(f"{path / 'config.json'}: {error}") from None
     model_class = _model_class(config, path)
 
-    files, weight_map = _shards(path)
+    files, weight_map = _shards(path, model_class)
     tensors: dict[str, tuple[Path, TensorEntry]] = {}
     for file in files:
         try:
@@ -241,7 +244,8 @@ def open_checkpoint(path: str | os.PathLike) -> SourceCheckpoint:
     if weight_map is not None:
         for name, file in weight_map.items():
             if name not in tensors or tensors[name][0].name != file:
-                where = f"is in {tensors[name][0].name}" if name in tensors else "is in no shard"
+                where = (f"is in {tensors[name][0].name}" if name in tensors else
+                         f"is in none of the shards the index names ({_names(files)})")
                 raise CheckpointError(f"{path / INDEX} puts tensor {name} in {file}, but it {where}: the index "
                                       "does not match the shards; re-save the checkpoint")
         unlisted = sorted(set(tensors) - set(weight_map))
@@ -496,11 +500,17 @@ def expand_checkpoint(source: str | os.PathLike, destination: str | os.PathLike,
     except ValueError as error:
         raise CheckpointError(f"max_shard_size: {error}") from None
     checkpoint = open_checkpoint(source)
-    check_destination(source, destination, overwrite)
     plan = plan_expansion(checkpoint.meta, hidden_size=hidden_size, intermediate_size=intermediate_size,
                           num_attention_heads=num_attention_heads, num_key_value_heads=num_key_value_heads,
                           num_hidden_layers=num_hidden_layers, layer_positions=layer_positions, seed=seed,
                           noise_std=noise_std)
+    refusal = None  # a dry run writes nothing: it says what the real run would refuse instead
+    try:
+        check_destination(source, destination, overwrite)
+    except CheckpointError as error:
+        if not dry_run:
+            raise
+        refusal = str(error)
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise CheckpointError("device cuda: this torch sees no CUDA GPU; use device cpu")
@@ -511,7 +521,7 @@ def expand_checkpoint(source: str | os.PathLike, destination: str | os.PathLike,
     output_bytes = sum(t.nbytes for t in tensors)
     small, left_out = _small_files(checkpoint)
     needed = int((output_bytes + sum(_size_of(f) for f in small)) * DISK_MARGIN)
-    free = shutil.disk_usage(destination.parent).free
+    free = shutil.disk_usage(_existing(destination.parent)).free
     if free < needed and not dry_run:
         raise CheckpointError(f"{destination.parent} has {_bytes(free)} free, the expanded checkpoint needs "
                               f"{_bytes(needed)}: free some space or choose another destination")
@@ -525,7 +535,7 @@ def expand_checkpoint(source: str | os.PathLike, destination: str | os.PathLike,
     if note is not None:
         say(note)
     if dry_run:
-        say(_dry_run_text(plan, checkpoint, tensors, shards, run, device, block_bytes, free, needed))
+        say(_dry_run_text(plan, checkpoint, tensors, shards, run, device, block_bytes, free, needed, refusal))
         return ExpansionResult(destination, manifest, len(tensors), output_bytes, len(shards), 0.0, True, None)
 
     start = time.perf_counter()
@@ -730,13 +740,45 @@ def _manifest(plan, checkpoint: SourceCheckpoint, tensors, names, shards, dtype,
         "dtype": None if dtype is None else str(dtype).removeprefix("torch."),
         "layers": [{"target_layer": t, "source_layer": s, "inserted": inserted}
                    for t, (s, inserted) in enumerate(plan.layers)],
+        "earlier_layer_maps": _earlier_layer_maps(checkpoint, plan.layers),
         "tied": plan.tied, "notes": plan.notes,
         "new_elements_rule": "a view element [row, column] is new when its row or its column is in the ranges",
         "tensors": record,
     }
 
 
-def _dry_run_text(plan, checkpoint, tensors, shards, run, device, block_bytes: int, free: int, needed: int) -> str:
+def _layer_map(manifest_layers) -> list[tuple[int, bool]]:
+    return [(entry["source_layer"], entry["inserted"]) for entry in manifest_layers]
+
+
+def _earlier_layer_maps(checkpoint: SourceCheckpoint, layers) -> list[dict]:
+    """When the source is itself an expansion (it has a manifest), the maps from the new layers
+    to the models it was expanded from, nearest first: `lemon verify` with any of them as the
+    source then lines up the right layers."""
+    from .maps import compose_layers
+
+    before = read_manifest(checkpoint.path)
+    if before is None:
+        return []
+    earlier = [{"source": before["source"], "layers": before["layers"]}] + before.get("earlier_layer_maps", [])
+    return [{"source": step["source"], "layers": [
+        {"target_layer": t, "source_layer": s, "inserted": inserted}
+        for t, (s, inserted) in enumerate(compose_layers(_layer_map(step["layers"]), layers))]} for step in earlier]
+
+
+def _names(files: list[Path], most: int = 3) -> str:
+    return ", ".join(f.name for f in files[:most]) + (f" and {len(files) - most} more" if len(files) > most else "")
+
+
+def _existing(directory: Path) -> Path:
+    """``directory`` or its nearest existing ancestor: where a dry run measures the free disk."""
+    while not directory.exists() and directory.parent != directory:
+        directory = directory.parent
+    return directory
+
+
+def _dry_run_text(plan, checkpoint, tensors, shards, run, device, block_bytes: int, free: int, needed: int,
+                  refusal: str | None = None) -> str:
     """The plan's summary, the output's size, and a time estimate from one block of a real tensor."""
     sizes = plan.sizes_text(changed_only=True)
     inserted = torch.tensor([ins for _, ins in plan.layers], dtype=torch.bool)
@@ -765,6 +807,8 @@ def _dry_run_text(plan, checkpoint, tensors, shards, run, device, block_bytes: i
         rate = out.numel() * itemsize / max(time.perf_counter() - start, 1e-9)
         lines.append(f"  estimate: ~{output / rate:.1f} s of expansion ({rate / 1e9:.2f} GB/s, measured on a block of "
                      f"{sample.name}), plus reading {_bytes(source_bytes)} and writing {_bytes(output)}")
+    if refusal is not None:
+        lines.append(f"  {WOULD_REFUSE}{refusal}")
     lines.append("  nothing was written")
     return "\n".join(lines)
 
@@ -777,6 +821,25 @@ def read_manifest(path: Path) -> dict | None:
         return json.loads(file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise CheckpointError(f"{file} is not valid JSON: the manifest is corrupt (lemon expand writes it)") from None
+
+
+def _verified_layer_map(manifest: dict | None, src: SourceCheckpoint, dst: SourceCheckpoint):
+    """The manifest's map from the destination's layers to the source's: the map of the
+    expansion, or after expansions in a row the one to this earlier checkpoint. None without a
+    manifest (layers are then assumed spread evenly)."""
+    from .maps import fitting_layer_map
+
+    if manifest is None:
+        return None
+    n_source, n_target = src.config.num_hidden_layers, dst.config.num_hidden_layers
+    steps = [{"source": manifest.get("source"), "layers": manifest["layers"]}] + manifest.get("earlier_layer_maps", [])
+    found = fitting_layer_map([_layer_map(step["layers"]) for step in steps], n_source, n_target)
+    if found is None:
+        raise CheckpointError(f"{dst.path / MANIFEST} says {dst.path} was expanded from {manifest.get('source')}"
+                              + "".join(f", expanded from {step['source']}" for step in steps[1:])
+                              + f", and none of their layer maps leads back to the {n_source} layers of {src.path}: "
+                              "verify against the checkpoint it was expanded from")
+    return found
 
 
 def default_tolerance(checkpoint: SourceCheckpoint) -> float:
@@ -863,12 +926,14 @@ def verify_checkpoint(source: str | os.PathLike, destination: str | os.PathLike,
     from .verification import random_inputs, verify
 
     say = log or print
+    if tolerance is not None and not (isinstance(tolerance, (int, float)) and 0 <= tolerance < math.inf):
+        raise CheckpointError(f"tolerance={tolerance!r}: the tolerance must be 0 or more (a relative "
+                              "output difference, e.g. 1e-5; 0 asks for equal outputs)")
     src, dst = open_checkpoint(source), open_checkpoint(destination)
     check_source_and_expansion(src.meta, dst.meta, call="lemon verify SRC_DIR DST_DIR")  # before loading weights
     if tolerance is None:
         tolerance = default_tolerance(dst)
-    manifest = read_manifest(dst.path)
-    layers = None if manifest is None else [(entry["source_layer"], entry["inserted"]) for entry in manifest["layers"]]
+    layers = _verified_layer_map(read_manifest(dst.path), src, dst)
     inputs, what = _inputs(src, token_ids, image)
     with _quiet_loading():
         small = src.model_class.from_pretrained(src.path, dtype=torch.float32, local_files_only=True)

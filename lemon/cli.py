@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 
@@ -13,19 +14,23 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="build small models of every supported family, expand them, "
                                        "and print how exactly the expanded models match")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=int, default=0, help="seed of the random models and of the noise (default 0)")
     sub.add_parser("info", help="what this install can run: the backends, and what lemon's C++ extension "
                                 "was built with")
     expand = sub.add_parser("expand", help="expand a checkpoint directory (config.json + safetensors) into a new "
                                            "one, streaming tensor by tensor")
-    expand.add_argument("source", metavar="SRC_DIR")
-    expand.add_argument("destination", metavar="DST_DIR")
+    expand.add_argument("source", metavar="SRC_DIR", help="the checkpoint to expand: config.json + *.safetensors, "
+                                                          "as save_pretrained writes it; only read")
+    expand.add_argument("destination", metavar="DST_DIR", help="where the expanded checkpoint goes (a new or empty "
+                                                               "directory; written beside it, renamed at the end)")
     for size in ("hidden-size", "intermediate-size", "num-attention-heads", "num-key-value-heads",
                  "num-hidden-layers"):
         expand.add_argument(f"--{size}", type=int, default=None, help="target size (default: unchanged)")
     expand.add_argument("--layer-positions", type=_int_list, default=None, metavar="I,J,...",
-                        help="target indices of the inserted layers (default: spread evenly)")
-    expand.add_argument("--seed", type=int, default=0)
+                        help="target indices of the inserted layers (default: spread evenly); without "
+                             "--num-hidden-layers, each index adds one layer")
+    expand.add_argument("--seed", type=int, default=0,
+                        help="seed of the symmetry-breaking noise: the same seed gives the same bits (default 0)")
     expand.add_argument("--noise-std", type=float, default=None,
                         help="symmetry-breaking noise scale (default: the config's initializer_range; 0: none)")
     expand.add_argument("--backend", default="auto", help="executor: auto, reference, cpp, triton, cuda")
@@ -47,8 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     progress.add_argument("--no-progress", dest="progress", action="store_false", help="never show a bar")
     check = sub.add_parser("verify", help="run a checkpoint and its expansion on the same inputs and compare "
                                           "outputs and hidden states; exit status 1 past the tolerance")
-    check.add_argument("source", metavar="SRC_DIR")
-    check.add_argument("destination", metavar="DST_DIR")
+    check.add_argument("source", metavar="SRC_DIR", help="the source checkpoint (or, after expansions in a row, "
+                                                         "any earlier one)")
+    check.add_argument("destination", metavar="DST_DIR", help="its expansion, as lemon expand wrote it")
     check.add_argument("--tolerance", type=float, default=None,
                        help="largest relative max output difference accepted (default: 1e-5 when DST_DIR's "
                             "weights are fp32, 5e-2 when they are 16-bit)")
@@ -150,13 +156,14 @@ def _checkpoint_command(args) -> int:
                               seed=args.seed, noise_std=args.noise_std, backend=args.backend, device=args.device,
                               dtype=args.dtype, max_shard_size=args.max_shard_size, overwrite=args.overwrite,
                               dry_run=args.dry_run, progress=args.progress,
-                              direct_io=args.direct_io)
+                              direct_io=args.direct_io, log=_say_in_flags)
             return 0
         report, tolerance = verify_checkpoint(args.source, args.destination, tolerance=args.tolerance,
                                               token_ids=args.token_ids, image=args.image)
         return 0 if report.output_relative <= tolerance else 1
     except (CheckpointError, ValueError, TypeError, RuntimeError) as error:  # said in the Python API's keywords
-        print(f"lemon {args.command}: {_as_flags(str(error).removeprefix('lemon: '))}", file=sys.stderr)
+        message = re.sub(r"^lemon(\.\w+)?: ", "", str(error))  # one prefix: the command's
+        print(f"lemon {args.command}: {_as_flags(message)}", file=sys.stderr)
         return 2
     except DiskFullError as error:
         print(f"lemon expand: {error.strerror}", file=sys.stderr)
@@ -182,8 +189,6 @@ def _as_flags(message: str) -> str:
     """A message of lemon's Python API in the command's words: ``hidden_size=1024`` as
     ``--hidden-size 1024``, ``overwrite=True`` as ``--overwrite``, ``image=`` (no value) and a
     keyword named alone (``hidden_size``) as the flag (``--image``, ``--hidden-size``)."""
-    import re
-
     def flag(name: str) -> str:
         return "--" + name.replace("_", "-")
 
@@ -194,6 +199,15 @@ def _as_flags(message: str) -> str:
     message = re.sub(rf"(?<![-\w.])({keywords})=(?=[\s,;:)]|$)", lambda m: flag(m[1]), message)
     message = re.sub(rf"(?<![-\w.])({'|'.join(FLAGS)})\b", lambda m: flag(m[1]), message)
     return message.replace("the keywords --", "the flags --").replace("the keyword --", "the flag --")
+
+
+def _say_in_flags(text: str) -> None:
+    """expand_checkpoint's lines on stderr, a dry run's refusal in flags (the plan's lines name
+    sizes as the config does, and stay so)."""
+    from .checkpoint import WOULD_REFUSE
+
+    head, marker, refusal = text.partition(WOULD_REFUSE)
+    print(head + marker + _as_flags(refusal) if marker else text, file=sys.stderr, flush=True)
 
 
 def info() -> str:

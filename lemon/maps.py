@@ -130,3 +130,20 @@ def layers(n_source: int, n_target: int, positions: list[int] | None) -> list[tu
             source += 1
             plan.append((source, False))
     return plan
+
+
+def compose_layers(earlier: list[tuple[int, bool]], later: list[tuple[int, bool]]) -> list[tuple[int, bool]]:
+    """The layer map of two expansions in a row: ``later`` maps the final model's layers to the
+    intermediate one's, ``earlier`` those to the first model's. A layer is inserted if it was
+    inserted in either step."""
+    return [(earlier[s][0], inserted or earlier[s][1]) for s, inserted in later]
+
+
+def fitting_layer_map(candidates, n_source: int, n_target: int) -> list[tuple[int, bool]] | None:
+    """The first of ``candidates`` (layer maps, nearest source first) that maps ``n_target``
+    layers onto all of ``n_source``: the map to the model at hand among an expansion's
+    ancestors. Two that fit are the same map (same layer counts: the step between is identity)."""
+    for layer_map in candidates:
+        if len(layer_map) == n_target and sorted({s for s, _ in layer_map}) == list(range(n_source)):
+            return [(int(s), bool(inserted)) for s, inserted in layer_map]
+    return None

@@ -8,6 +8,7 @@ import warnings
 import torch
 from tqdm.auto import tqdm
 
+from . import maps
 from .architectures import find_family
 from .backends import executor
 from .plan import ExpansionPlan, execute
@@ -16,13 +17,22 @@ from .caller import stacklevel_outside_lemon
 from .rules import SIXTEEN_BIT_NOISE, plan_expansion
 
 
-def expand_plan(model: torch.nn.Module, **kwargs) -> ExpansionPlan:
+def expand_plan(model: torch.nn.Module, *, hidden_size: int | None = None,
+                intermediate_size: int | None = None, num_attention_heads: int | None = None,
+                num_key_value_heads: int | None = None, num_hidden_layers: int | None = None,
+                layer_positions: list[int] | None = None, seed: int = 0,
+                noise_std: float | None = None, backend: str = "auto",
+                progress: bool | None = None) -> ExpansionPlan:
     """The plan :func:`expand` would carry out, without moving a byte: target sizes and config,
     and per target parameter which source rows and columns it comes from
     (``plan[name].axes``), which elements are new (``plan[name].new_mask()``), which layers
-    are inserted; ``plan.manifest()`` is the JSON-able summary. Same arguments as :func:`expand`
-    less ``backend``."""
-    return plan_expansion(model, **kwargs)
+    are inserted; ``plan.manifest()`` is the JSON-able summary. The same arguments as
+    :func:`expand`; ``backend`` and ``progress`` change nothing in a plan (every backend writes
+    its bits), so a call to ``expand`` can be turned into one to ``expand_plan`` as it is."""
+    return plan_expansion(model, hidden_size=hidden_size, intermediate_size=intermediate_size,
+                          num_attention_heads=num_attention_heads, num_key_value_heads=num_key_value_heads,
+                          num_hidden_layers=num_hidden_layers, layer_positions=layer_positions, seed=seed,
+                          noise_std=noise_std)
 
 
 def expand(model: torch.nn.Module, *, hidden_size: int | None = None,
@@ -92,7 +102,7 @@ def expand_(model: torch.nn.Module, *, hidden_size: int | None = None,
         own.update(getattr(target, registry))
     model._non_persistent_buffers_set = target._non_persistent_buffers_set
     model.config = target.config
-    model.lemon_layers = target.lemon_layers
+    model.lemon_layers, model.lemon_layer_maps = target.lemon_layers, target.lemon_layer_maps
     return model
 
 
@@ -157,7 +167,11 @@ def build(model: torch.nn.Module, plan: ExpansionPlan, backend: str = "auto",
     _copy_modes(model, modules, family, plan.layers)
     if getattr(model, "generation_config", None) is not None:  # the user's (e.g. several EOS ids), not the default
         target.generation_config = copy.deepcopy(model.generation_config)
-    target.lemon_layers = plan.layers  # lets lemon.verify line up layers after custom positions
+    # lets lemon.verify line up layers after custom positions, with this model's source or, after
+    # expansions in a row, with an earlier one (lemon_layer_maps: nearest source first)
+    earlier = getattr(model, "lemon_layer_maps", None) or []
+    target.lemon_layers = plan.layers
+    target.lemon_layer_maps = [plan.layers] + [maps.compose_layers(m, plan.layers) for m in earlier]
     return target
 
 

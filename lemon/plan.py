@@ -224,21 +224,20 @@ class TensorPlan:
 
     @cached_property
     def noise_on_copies(self) -> bool:
-        """Whether zero-sum noise lands on copies of nonzero source values (W/k plus or minus a
-        perturbation): stored in 16 bits, each copy is then rounded on its own and the noise no
-        longer cancels exactly. Cancel-zero writers (base 0: a value and its negation round
-        alike), free weights and groups of one stay exact."""
-        if not self.has_noise:
+        """Whether zero-sum noise lands on copies of source values (W/k plus or minus a
+        perturbation) that the model's function depends on: stored in 16 bits, each copy is then
+        rounded on its own and the noise no longer cancels exactly. Free weights and groups of
+        one stay exact, and so does all of an inserted layer: it adds exactly 0 to the stream
+        whatever its weights compute (cancel-zero writers, d and -d on units that compute the same
+        bits, or sublayer norms of gain 0)."""
+        if not self.has_noise or self.inserted:
             return False
-        along, other = self.axes[self.noise_axis], self.axes[1 - self.noise_axis]
+        along = self.axes[self.noise_axis]
         nxt = along.next_replica
         copies = (nxt >= 0) & (nxt != torch.arange(len(along)))
         if along.scale is not None:
             copies &= along.scale != 0
-        nonzero = other.source != ZERO
-        if other.scale is not None:
-            nonzero &= other.scale != 0
-        return bool(copies.any()) and bool(nonzero.any())
+        return bool(copies.any())
 
     @property
     def output_shape(self) -> tuple[int, ...]:
@@ -307,6 +306,10 @@ class TensorPlan:
                 f"axis 0: {axis_text(self.axes[0])}; axis 1: {axis_text(self.axes[1])}{noise}"
                 + (" [inserted layer]" if self.inserted else ""))
 
+    def __repr__(self) -> str:  # the axes hold a tensor per output index: describe them, do not print them
+        window = "" if self.window is None else f", window {self.window}"
+        return f"TensorPlan({self.describe()}{window})"
+
 
 @dataclass(eq=False)
 class ExpansionPlan:
@@ -328,6 +331,12 @@ class ExpansionPlan:
 
     def __getitem__(self, name: str) -> TensorPlan:
         return self.tensors[self.tied.get(name, name)]
+
+    def __repr__(self) -> str:  # a line, not every tensor plan's index maps (``summary()`` lists them)
+        inserted = sum(inserted for _, inserted in self.layers)
+        return (f"ExpansionPlan({self.family}: {self.sizes_text(changed_only=True) or 'no size changes'}; "
+                f"{len(self.tensors)} tensor plans, {inserted} inserted layer(s), seed {self.seed}, "
+                f"noise_std {self.noise_std:g})")
 
     def meta_target(self) -> torch.nn.Module:
         """The target model on the meta device (names and shapes, no memory) for a caller to fill:

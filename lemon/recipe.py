@@ -288,12 +288,16 @@ def main(argv: list[str] | None = None) -> int:
 def add_arguments(parser) -> None:
     defaults = DemoConfig()
     parser.add_argument("--steps", type=int, default=defaults.steps, help="the large model's from-scratch steps")
-    parser.add_argument("--small-steps", type=int, default=defaults.small_steps)
-    parser.add_argument("--size", choices=sorted(SIZES), default=defaults.size)
-    parser.add_argument("--device", default=defaults.device)
+    parser.add_argument("--small-steps", type=int, default=defaults.small_steps,
+                        help="steps of the small model's training, before it is expanded")
+    parser.add_argument("--size", choices=sorted(SIZES), default=defaults.size,
+                        help="small -> large model: " + "; ".join(
+                            f"{name} {s['n_embd']}x{s['n_layer']} -> {b['n_embd']}x{b['n_layer']}"
+                            for name, (s, b) in sorted(SIZES.items())) + " (width x layers)")
+    parser.add_argument("--device", default=defaults.device, help="where to train, e.g. cpu or cuda")
     parser.add_argument("--seeds", default=",".join(map(str, defaults.seeds)),
                         help="comma-separated seeds (the table gives the mean and the half-range over them)")
-    parser.add_argument("--out", default=defaults.out)
+    parser.add_argument("--out", default=defaults.out, help="folder for the curves (JSON) and the plot")
 
 
 def run_from_args(args) -> int:

@@ -12,7 +12,8 @@ So a LEMON schedule is described relative to the from-scratch one:
 * ``peak`` (default 1.0: the from-scratch peak): a multiplier on the optimizer's base rate,
   which is the from-scratch peak; above 1 for the recipes that hold a larger peak shorter;
 * ``warmup_steps`` (default: 2% of the LEMON schedule, lemon's choice, not the paper's): the
-  linear warm-up from 0. An expanded model has no random layers, but its optimizer state
+  linear warm-up, peak / warmup_steps at step 0 up to the peak at step warmup_steps - 1
+  (never 0: a step at rate 0 would be wasted). An expanded model has no random layers, but its optimizer state
   (Adam's moments) starts empty, which is what a warm-up is for; set it to your from-scratch
   recipe's warm-up (DeiT warms up for 5 epochs) to keep that part of the schedule as it was;
 * ``decay``: ``"cosine"`` (DeiT / ViT recipes) or ``"linear"`` (BERT recipes), from the peak
@@ -26,6 +27,7 @@ that takes one (transformers' ``Trainer(optimizers=(opt, LambdaLR(opt, fn)))``, 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 
 import torch
@@ -39,7 +41,7 @@ DEFAULT_WARMUP_FRACTION = 0.02
 def schedule_steps(scratch_steps: int, length: float = DEFAULT_LENGTH) -> int:
     """Steps of the LEMON schedule for a from-scratch schedule of ``scratch_steps``."""
     _check_positive_int("scratch_steps", scratch_steps)
-    if not (isinstance(length, (int, float)) and 0 < length <= 1):
+    if not (_is_real(length) and 0 < length <= 1):
         raise ValueError(f"length must be a fraction of the from-scratch schedule in (0, 1], got {length!r}; "
                          f"the recipes use {DEFAULT_LENGTH:.2f} (BERT) and {VIT_LENGTH:.2f} (ViT)")
     return max(1, round(scratch_steps * length))
@@ -52,14 +54,16 @@ def lr_lambda(scratch_steps: int, *, length: float = DEFAULT_LENGTH, peak: float
     total = schedule_steps(scratch_steps, length)
     if decay not in DECAYS:
         raise ValueError(f"decay must be one of {DECAYS}, got {decay!r}")
-    if not (isinstance(peak, (int, float)) and math.isfinite(peak) and peak > 0):
+    if not (_is_real(peak) and math.isfinite(peak) and peak > 0):
         raise ValueError(f"peak must be a positive multiplier of the base learning rate, got {peak!r}")
-    if not (isinstance(final, (int, float)) and 0 <= final <= 1):
+    if not (_is_real(final) and 0 <= final <= 1):
         raise ValueError(f"final must be a fraction of the peak in [0, 1], got {final!r}")
     warmup = round(total * DEFAULT_WARMUP_FRACTION) if warmup_steps is None else warmup_steps
-    if not (isinstance(warmup, int) and 0 <= warmup < total):
+    length, peak, final = (float(x) if _is_real(x) else x for x in (length, peak, final))  # numpy scalars too
+    if not (_is_int(warmup) and 0 <= warmup < total):
         raise ValueError(f"warmup_steps must be an integer in [0, {total}) (the LEMON schedule has {total} "
                          f"steps), got {warmup_steps!r}")
+    warmup = int(warmup)
 
     def multiplier(step: int) -> float:
         if step < warmup:
@@ -83,6 +87,14 @@ class LemonSchedule(torch.optim.lr_scheduler.LambdaLR):
                                               decay=decay, final=final), last_epoch=last_epoch)
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)  # numpy integers too
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def _check_positive_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if not _is_int(value) or value < 1:
         raise ValueError(f"{name} must be a positive integer (steps), got {value!r}")

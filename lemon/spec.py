@@ -161,10 +161,11 @@ def _multiples_near(value: int, step: int, at_least: int) -> str:
     return f"{lower} or {lower + step}"
 
 
-def _fitting_kv_heads(source: Sizes, heads: int) -> int:
-    """The fewest KV heads that ``heads`` query heads can take from the source losslessly (heads
-    itself, multi-head attention, always can)."""
-    return next(kv for kv in range(source.num_key_value_heads, heads + 1)
+def _fitting_kv_heads(source: Sizes, heads: int, at_least: int) -> int:
+    """The fewest KV heads, ``at_least`` (what the user asked for) or more, that ``heads`` query
+    heads can take from the source losslessly (heads itself, multi-head attention, always can).
+    Offering fewer than asked would offer what the user is moving away from."""
+    return next(kv for kv in range(max(at_least, source.num_key_value_heads), heads + 1)
                 if heads % kv == 0 and gqa_feasible(source.num_attention_heads, source.num_key_value_heads, heads, kv))
 
 
@@ -187,7 +188,9 @@ def resolve(family: Family, source: Sizes, requested: dict, layer_positions) -> 
         if hidden % hd:
             raise ValueError(
                 f"hidden_size={hidden} cannot be split into heads of the fixed head dimension {hd}: "
-                f"choose a multiple of {hd} (e.g. {_multiples_near(hidden, hd, source.hidden_size)})")
+                f"choose a multiple of {hd} (e.g. {_multiples_near(hidden, hd, source.hidden_size)})"
+                + (f", or pass num_attention_heads as well ({family.name} keeps {family.head_dim_field} in its "
+                   f"config, so heads need not tile the hidden size)" if decouplable else ""))
         if heads is not None and heads * hd != hidden:
             raise ValueError(
                 f"num_attention_heads={heads} with head dimension {hd} gives {heads * hd}, "
@@ -237,7 +240,7 @@ def resolve(family: Family, source: Sizes, requested: dict, layer_positions) -> 
             f"{source.num_attention_heads} heads / {source.num_key_value_heads} KV heads cannot become "
             f"{heads} / {kv} losslessly: every new query head must attend with a copy of its own KV head, "
             f"which needs num_key_value_heads >= {need} here (KV_T >= KV_S * ceil(g_S / g_T)) and a divisor of "
-            f"{heads}: use num_key_value_heads={_fitting_kv_heads(source, heads)}")
+            f"{heads}: use num_key_value_heads={_fitting_kv_heads(source, heads, kv)}")
 
     layers = req["num_hidden_layers"]
     if layer_positions is not None:

@@ -1,12 +1,15 @@
 """Losslessness report: how far the expanded model's outputs are from the original's."""
 from __future__ import annotations
 
+import itertools
 import numbers
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 
 from .architectures import find_family
+from . import maps
 from .spec import check_source_and_expansion
 
 
@@ -78,6 +81,30 @@ def _layer_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
     return [layers[i] for i in sorted(layers)]
 
 
+SIXTEEN_BITS = (torch.bfloat16, torch.float16)
+
+
+@contextmanager
+@torch.no_grad()
+def _in_float32(model: torch.nn.Module, enabled: bool = True):
+    """The model's 16-bit parameters and buffers in float32 for the block, then back in place:
+    float32 holds every 16-bit value, so the round trip gives the same bits, and the parameter
+    objects (ties, an optimizer's references) stay the same."""
+    cast = []
+    if enabled:
+        seen = set()
+        for tensor in itertools.chain(model.parameters(), model.buffers()):
+            if tensor.dtype in SIXTEEN_BITS and id(tensor) not in seen:
+                seen.add(id(tensor))
+                cast.append((tensor, tensor.dtype))
+                tensor.data = tensor.data.float()
+    try:
+        yield model
+    finally:
+        for tensor, dtype in cast:
+            tensor.data = tensor.data.to(dtype)
+
+
 @torch.no_grad()
 def _run(model, inputs):
     """The main outputs, and each layer's output (the residual stream it hands on). The layers'
@@ -114,13 +141,18 @@ def _comparable(small: torch.Tensor, big: torch.Tensor) -> torch.Tensor | None:
 
 
 def verify(small: torch.nn.Module, big: torch.nn.Module, inputs: dict | None = None,
-           layers: list[tuple[int, bool]] | None = None) -> Report:
+           layers: list[tuple[int, bool]] | None = None, upcast: bool = True) -> Report:
     """Run both models in eval mode on ``inputs`` (random ones by default) and compare.
     ``small`` is the source model, ``big`` its expansion (swapped arguments are refused).
+    ``upcast``: 16-bit weights are run in float32 (cast for the run and cast back after, which
+    is exact), as ``lemon verify`` loads checkpoints: the report then measures the expansion, not
+    bf16 arithmetic (an exact bf16 expansion run in bf16 differs by ~1e-2). False: as stored.
     ``layers``: per layer of ``big``, its source layer (an index, or (source layer, inserted?) as
     in ``plan.layers``), to line up the hidden states
-    (default: ``big.lemon_layers``, which :func:`lemon.expand` sets, else layers spread evenly;
-    a reloaded checkpoint's is in its ``lemon_expansion.json``).
+    (default: the one of ``big.lemon_layer_maps`` that leads back to ``small``: :func:`lemon.expand`
+    sets the map to its source, ``big.lemon_layers``, and after expansions in a row the maps to
+    the earlier models too; else layers spread evenly; a reloaded checkpoint's maps are in its
+    ``lemon_expansion.json``).
 
     Hidden vectors of the big model carry the small one's in their first entries (every
     stream form starts with a copy of x), so each source layer's output is compared there with
@@ -128,8 +160,10 @@ def verify(small: torch.nn.Module, big: torch.nn.Module, inputs: dict | None = N
     """
     check_source_and_expansion(small, big)
     inputs = inputs if inputs is not None else random_inputs(small)
-    small_out, small_hidden = _run(small, inputs)
-    big_out, big_hidden = _run(big, inputs)
+    with _in_float32(small, enabled=upcast):
+        small_out, small_hidden = _run(small, inputs)
+    with _in_float32(big, enabled=upcast):
+        big_out, big_hidden = _run(big, inputs)
     compared = {}  # name -> (max |delta|, scale, mean |delta|)
     for name, value in small_out.items():
         other = _comparable(value, big_out[name]) if name in big_out else None
@@ -185,10 +219,16 @@ def _layer_ends(big, small_layers: int, big_layers: int, plan_layers=None) -> li
                              f"{sorted({s for s, _ in plan_layers})}, but the models have {big_layers} and "
                              f"{small_layers} layers: pass the map of this expansion")
     else:
-        plan_layers = getattr(big, "lemon_layers", None)
+        candidates = getattr(big, "lemon_layer_maps", None) or []
+        plan_layers = maps.fitting_layer_map(candidates, small_layers, big_layers)
+        if candidates and plan_layers is None:
+            sources = sorted({len({s for s, _ in m}) for m in candidates})
+            raise ValueError(f"lemon.verify: the big model's layer maps (big.lemon_layer_maps, set by lemon.expand) "
+                             f"lead back to models of {' or '.join(map(str, sources))} layers, not the small "
+                             f"model's {small_layers}: it was not expanded from this model. Verify it against "
+                             "the model it was expanded from, or pass layers= (per big layer, its source layer)")
     if plan_layers is None:
-        from .maps import layers
-        plan_layers = layers(small_layers, big_layers, None)
+        plan_layers = maps.layers(small_layers, big_layers, None)
     ends = {}
     for t, (s, _) in enumerate(plan_layers):
         ends[s] = t

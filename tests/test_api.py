@@ -1,6 +1,7 @@
 """The public surface: what users get back, what they can inspect, and what stays untouched."""
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -211,6 +212,25 @@ def test_verify_refuses_models_of_different_kinds():
         lemon.verify(make_model("llama"), big)
 
 
+def test_verify_runs_sixteen_bit_models_in_float32_and_gives_them_back_as_they_were():
+    """An exact bf16 expansion (plain copies) is reported exact, not at bf16's arithmetic error;
+    the models keep their bits, dtypes and ties. (Toy sizes compute the same bits in bf16: this
+    needs a width and depth where bf16 arithmetic shows.)"""
+    import transformers as T
+
+    torch.manual_seed(0)
+    small = T.LlamaForCausalLM(T.LlamaConfig(hidden_size=256, intermediate_size=512, num_hidden_layers=4,
+                                             num_attention_heads=4, num_key_value_heads=2, vocab_size=97,
+                                             tie_word_embeddings=True)).to(torch.bfloat16)
+    big = lemon.expand(small, hidden_size=512, num_attention_heads=8, noise_std=0, progress=False)
+    before = {name: t.clone() for name, t in itertools.chain(small.state_dict().items(), big.state_dict().items())}
+    exact, as_stored = lemon.verify(small, big), lemon.verify(small, big, upcast=False)
+    assert exact.output_relative <= 1e-5 < as_stored.output_relative, (exact, as_stored)
+    after = dict(itertools.chain(small.state_dict().items(), big.state_dict().items()))
+    assert all(after[n].dtype == torch.bfloat16 and torch.equal(after[n], t) for n, t in before.items())
+    assert big.lm_head.weight is big.model.embed_tokens.weight
+
+
 def test_verify_refuses_models_whose_inputs_differ_up_front():
     """A different vocabulary (or image size) is not an expansion: said up front, not reported as
     a failed comparison (or an index error in the embedding)."""
@@ -222,6 +242,28 @@ def test_verify_refuses_models_whose_inputs_differ_up_front():
     other = T.LlamaForCausalLM(T.LlamaConfig(**{**LLAMA_SIZES, "vocab_size": 200, "hidden_size": 64}))
     with pytest.raises(ValueError, match=r"differ in what an expansion keeps \(vocab_size 97 and 200\)"):
         lemon.verify(small, other)
+
+
+def test_verify_lines_up_layers_after_expansions_in_a_row():
+    """small (2 layers) -> b1 (4, new layers at 1 and 3) -> b2 (6): verify finds the map to
+    whichever model it is given, in place too, and refuses one b2 was not expanded from."""
+    import transformers as T
+
+    from conftest import LLAMA_SIZES
+
+    small = make_model("llama")
+    b1 = lemon.expand(small, num_hidden_layers=4, layer_positions=[1, 3], progress=False)
+    b2 = lemon.expand(b1, num_hidden_layers=6, hidden_size=64, progress=False)
+    assert b2.lemon_layers == b2.lemon_layer_maps[0] and len(b2.lemon_layers) == 6
+    assert b2.lemon_layer_maps[1] == [(0, False), (0, True), (0, True), (1, False), (1, True), (1, True)]
+    for source in (small, b1):
+        report = lemon.verify(source, b2)
+        assert len(report.layer_relative) == source.config.num_hidden_layers and max(report.layer_relative) <= 1e-5
+    lemon.expand_(b1, hidden_size=64)  # in place: the maps carry over too
+    assert max(lemon.verify(small, b1).layer_relative) <= 1e-5
+    three = T.LlamaForCausalLM(T.LlamaConfig(**{**LLAMA_SIZES, "num_hidden_layers": 3}))
+    with pytest.raises(ValueError, match="lead back to models of 2 or 4 layers, not the small model's 3"):
+        lemon.verify(three, b2)
 
 
 def test_verify_takes_a_layer_map_of_indices_or_pairs():
@@ -311,6 +353,31 @@ def test_sixteen_bit_noise_is_said_to_cost_exactness_and_plain_copies_stay_exact
     assert plain_error <= 1e-5 < noisy_error, (plain_error, noisy_error)
     for exact in (deeper, more_kv):
         assert verify(small.float(), exact.float()).output_relative <= 1e-5
+
+
+@pytest.mark.parametrize("family", ["gemma2", "olmo2"])
+def test_sixteen_bit_deepening_with_sublayer_norms_is_exact_and_quiet(family):
+    """Their inserted layers keep noisy copies as writers and add 0 through sublayer norms of
+    gain 0: whatever the copies' rounding, nothing reaches the output."""
+    small = make_model(family).to(torch.bfloat16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        deeper = lemon.expand(small, num_hidden_layers=4, progress=False)
+    assert verify(small.float(), deeper.float()).output_relative <= 1e-5
+
+
+def test_plans_print_as_one_line_and_expand_plan_takes_expands_arguments():
+    """A plan's repr describes its index maps instead of printing them (145 kB for a GPT-2-small
+    shape); a call to expand turns into one to expand_plan as it is; a misspelt keyword is named
+    against expand_plan, not an internal function."""
+    small = make_model("llama")
+    plan = lemon.expand_plan(small, hidden_size=64, num_hidden_layers=3, backend="cpp", progress=False)
+    assert repr(plan) == ("ExpansionPlan(llama: hidden_size 32 -> 64, num_attention_heads 4 -> 8, num_hidden_layers "
+                          "2 -> 3; 30 tensor plans, 1 inserted layer(s), seed 0, noise_std 0.02)")
+    q = plan["model.layers.0.self_attn.q_proj.weight"]
+    assert repr(q) == f"TensorPlan({q.describe()})" and "\n" not in repr(q) and len(repr(q)) < 300
+    with pytest.raises(TypeError, match="expand_plan.. got an unexpected keyword argument 'hiden_size'"):
+        lemon.expand_plan(small, hiden_size=64)
 
 
 def test_ctrl_c_before_a_subcommand_handles_it_is_one_line():

@@ -147,6 +147,33 @@ def test_verify_lines_up_custom_layer_positions_after_a_reload(tmp_path):
     assert max(report.layer_max_abs) > 1e-2
 
 
+def test_verify_lines_up_layers_after_checkpoint_expansions_in_a_row(tmp_path, capsys):
+    """src (2 layers) -> mid (4) -> dst (6): dst's manifest keeps the map to src as well, so
+    `lemon verify src dst` compares the right layers; a checkpoint dst was not expanded from is
+    refused, naming the ones it was."""
+    from lemon.cli import main
+
+    src = save("llama", tmp_path / "src")
+    mid, dst = tmp_path / "mid", tmp_path / "dst"
+    expand_checkpoint(src, mid, num_hidden_layers=4, layer_positions=[1, 3], progress=False, log=lambda _: None)
+    expand_checkpoint(mid, dst, num_hidden_layers=6, hidden_size=48, progress=False, log=lambda _: None)
+    earlier = json.loads((dst / "lemon_expansion.json").read_text())["earlier_layer_maps"]
+    assert [step["source"] for step in earlier] == [str(src.resolve())]
+    assert [(e["source_layer"], e["inserted"]) for e in earlier[0]["layers"]] == [
+        (0, False), (0, True), (0, True), (1, False), (1, True), (1, True)]
+    for source in (src, mid):
+        report, _ = verify_checkpoint(source, dst, log=lambda _: None)
+        assert len(report.layer_relative) == load(source).config.num_hidden_layers
+        assert max(report.layer_relative) <= 1e-5, report
+    other = tmp_path / "other"
+    expand_checkpoint(src, other, num_hidden_layers=3, progress=False, log=lambda _: None)
+    assert main(["verify", str(other), str(dst)]) == 2
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message.startswith(f"lemon verify: {dst / 'lemon_expansion.json'} says {dst} was expanded from {mid}, "
+                              f"expanded from {src.resolve()}, and none of their layer maps leads back to the 3 "
+                              f"layers of {other}"), message
+
+
 def test_a_sixteen_bit_output_with_noise_is_said_to_cost_exactness(tmp_path):
     src = save("llama", tmp_path / "src", dtype=torch.bfloat16)
     lines = []
@@ -511,6 +538,8 @@ def test_command_line_refusals_are_said_in_flags(tmp_path, capsys):
          "pass --token-ids instead"),
         (["verify", vit, vit, "--token-ids", "1,2"], "lemon verify: --token-ids are for text models",
          "pass --image instead"),
+        (["verify", src, src, "--tolerance", "-1"], "lemon verify: --tolerance -1.0: the tolerance must be 0 or more",
+         "e.g. 1e-5"),
     ]
     if "cpp" in lemon.available_backends() and not native.build_info()["cuda"]:
         cases.append((["expand", src, tmp_path / "dst", "--hidden-size", "64", "--backend", "cuda"],
@@ -589,7 +618,8 @@ def corrupt(directory: Path, how: str) -> None:
     ("extra tensor", r"holds tensor model\.extra\.weight, which a LlamaForCausalLM built from config\.json does not"),
     ("wrong shape", r"tensor model\.layers\.0\.mlp\.\w+_proj\.weight has shape .* config\.json makes it"),
     ("unsupported family", r"config\.json: lemon cannot expand model_type 't5'"),
-    ("pickle weights", r"pytorch_model\.bin: pickle files, which lemon never loads.*save_pretrained"),
+    ("pickle weights", r"pytorch_model\.bin: pickle files, which lemon never loads"
+                       r".*t\.LlamaForCausalLM\.from_pretrained\(.*save_pretrained"),  # its own class: the head kept
     ("no config", r"has no config\.json"),
     ("index out of step", r"puts tensor .* but it is in"),
 ])
@@ -615,6 +645,28 @@ def test_a_config_without_architectures_is_refused_with_its_own_familys_classes(
                                               rf"\(for {family}: one of {classes}\)"):
         expand_checkpoint(src, tmp_path / "dst", hidden_size=64, progress=False, log=lambda _: None)
     assert not (tmp_path / "dst").exists()
+
+
+def test_sizes_are_checked_before_the_destination_and_a_dry_run_says_what_would_be_refused(tmp_path, capsys):
+    """A wrong size is said first (the user fixes the request, then the destination); a dry run
+    writes nothing, so a destination the real run refuses is a line of its report, in flags."""
+    from lemon.cli import main
+
+    src = save("llama", tmp_path / "src")
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "keep.txt").write_text("the user's")
+    with pytest.raises(ValueError, match="hidden_size=20 is smaller"):
+        expand_checkpoint(src, full, hidden_size=20, progress=False, log=lambda _: None)
+    for dst, refusal in ((full, f"the destination {full} is not empty: pass --overwrite"),
+                         (tmp_path / "missing" / "dst", f"the destination's parent {tmp_path / 'missing'} does not exist"),
+                         (src / "big", "is inside the source")):
+        assert main(["expand", str(src), str(dst), "--hidden-size", "48", "--dry-run"]) == 0
+        lines = capsys.readouterr().err.splitlines()
+        assert lines[-2].startswith("  the real run would refuse: ") and refusal in lines[-2], lines
+        assert lines[-1] == "  nothing was written"
+    assert [p.name for p in full.iterdir()] == ["keep.txt"] and not (tmp_path / "missing").exists()
+    assert sorted(p.name for p in src.iterdir()) == sorted(p.name for p in save("llama", tmp_path / "again").iterdir())
 
 
 @pytest.mark.parametrize("where,kwargs,message", [

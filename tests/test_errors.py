@@ -17,6 +17,7 @@ CASES = [
     ("gpt2", dict(num_hidden_layers=1), ["num_hidden_layers=1", "only grows"]),
     ("llama", dict(intermediate_size=32), ["intermediate_size=32", "at least 64"]),
     ("gpt2", dict(hidden_size=50), ["head dimension 8", "multiple of 8", "48 or 56"]),
+    ("qwen3", dict(hidden_size=50), ["head dimension 8", "48 or 56", "or pass num_attention_heads as well"]),
     ("gpt2", dict(hidden_size=64, num_attention_heads=6), ["num_attention_heads=6", "num_attention_heads=8"]),
     ("vit", dict(hidden_size=0), ["positive integer"]),
     ("vit", dict(hidden_size=48.0), ["positive integer"]),
@@ -71,6 +72,7 @@ def test_impossible_gqa_rearrangement_names_the_condition():
     with pytest.raises(ValueError, match=r"KV_T >= KV_S \* ceil\(g_S / g_T\)") as err:
         lemon.expand(small, num_key_value_heads=3)
     assert "num_key_value_heads >= 4" in str(err.value)
+    assert str(err.value).endswith("use num_key_value_heads=6")  # more KV heads, as asked: not the source's 2
     # 8 / 2 -> 9 / 3 needs 4 KV heads, which 9 query heads cannot share out: the fix offered is one that works
     config = T.LlamaConfig(hidden_size=64, head_dim=8, num_hidden_layers=1, num_attention_heads=8,
                            num_key_value_heads=2, intermediate_size=64, vocab_size=50)

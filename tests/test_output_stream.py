@@ -162,7 +162,7 @@ def test_direct_io_is_probed_and_refused_by_name_when_forced(tmp_path, monkeypat
     monkeypatch.setattr(ckpt, "direct_io_supported", lambda directory: False)  # e.g. a filesystem without it
     result = expand_checkpoint(src, tmp_path / "auto", hidden_size=48, progress=False, log=lambda _: None)
     assert result.direct_io is False and "through the page cache" in result.summary()
-    with pytest.raises(CheckpointError, match="does not take direct I/O.*--direct-io"):
+    with pytest.raises(CheckpointError, match="does not take direct I/O.*leave out direct_io=True"):
         expand_checkpoint(src, tmp_path / "forced", hidden_size=48, direct_io=True, progress=False,
                           log=lambda _: None)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["auto", "src"]  # no temporary left

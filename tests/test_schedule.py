@@ -65,3 +65,15 @@ def test_as_an_lr_scheduler_it_drives_the_optimizer():
 def test_bad_settings_are_refused_with_the_range(kwargs, message):
     with pytest.raises(ValueError, match=message):
         lr_lambda(**kwargs)
+
+
+def test_numpy_step_counts_and_fractions_are_taken_as_numbers():
+    """Step counts often come from numpy arithmetic (a dataset's length): they work as their
+    Python values do, and booleans are still refused."""
+    np = pytest.importorskip("numpy")
+    with_numpy = lr_lambda(np.int64(1000), length=np.float32(0.5), warmup_steps=np.int64(10), peak=np.float64(2.0))
+    plain = lr_lambda(1000, length=float(np.float32(0.5)), warmup_steps=10, peak=2.0)
+    assert [with_numpy(s) for s in range(0, 520, 7)] == [plain(s) for s in range(0, 520, 7)]
+    assert type(with_numpy(3)) is float and schedule_steps(np.int64(220_000)) == 132_000
+    with pytest.raises(ValueError, match="scratch_steps must be a positive integer"):
+        lr_lambda(True)
