@@ -48,7 +48,8 @@ DISK_MARGIN = 1.02  # free space wanted beyond the output's size (the filesystem
 WEIGHT_SUFFIXES = frozenset({".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".ggml", ".h5", ".keras",
                              ".msgpack", ".onnx", ".npz", ".npy", ".tflite", ".pb", ".ot", ".pdparams", ".mlmodel"})
 WOULD_REFUSE = "the real run would refuse: "  # a dry run's line for a destination it would not write
-WEIGHT_CONFIGS = frozenset({"params.json"})  # native configs of such weights, in the source's sizes
+# native configs of such weights (Meta's and Mistral's), in the source's sizes: left out beside them
+WEIGHT_CONFIGS = frozenset({"params.json"})
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
@@ -377,9 +378,7 @@ def _shard_names(count: int) -> list[str]:
 
 
 def _is_weights(file: Path) -> bool:
-    """A file of the source's weights in another format, its index (x.bin.index.json), or the
-    native config that gives their sizes (Meta's and Mistral's params.json)."""
-    return not WEIGHT_SUFFIXES.isdisjoint(file.suffixes) or file.name in WEIGHT_CONFIGS
+    return not WEIGHT_SUFFIXES.isdisjoint(file.suffixes)  # .suffixes: an index (x.bin.index.json) too
 
 
 def _small_files(checkpoint: SourceCheckpoint) -> tuple[list[Path], list[Path]]:
@@ -401,6 +400,10 @@ def _small_files(checkpoint: SourceCheckpoint) -> tuple[list[Path], list[Path]]:
                                   "fix or remove the link in the source checkpoint")
         weights = any(_is_weights(f) for f in item.rglob("*") if f.is_file()) if item.is_dir() else _is_weights(item)
         (left_out if weights else copied).append(item)
+    if any(item.is_file() for item in left_out):  # weights in another layout beside: their native config goes too
+        configs = [item for item in copied if item.name in WEIGHT_CONFIGS]
+        copied = [item for item in copied if item not in configs]
+        left_out = sorted(left_out + configs)
     return copied, left_out
 
 
@@ -450,6 +453,7 @@ class ExpansionResult:
     seconds: float
     dry_run: bool
     direct_io: bool | None  # whether the shards were written with O_DIRECT (None: a dry run)
+    refusal: str | None = None  # a dry run's: why the real run would refuse (None: it would run)
 
     def summary(self) -> str:
         size, gb = _bytes(self.output_bytes), self.output_bytes / 1e9
@@ -489,7 +493,7 @@ def expand_checkpoint(source: str | os.PathLike, destination: str | os.PathLike,
     plan summary and the final line go (default: stderr)."""
     from . import __version__
     from .backends import executor
-    from .rules import SIXTEEN_BIT_NOISE, plan_expansion
+    from .rules import SIXTEEN_BIT_ROUNDING, inexact_in_16_bits, plan_expansion
 
     say = log or (lambda text: print(text, file=sys.stderr, flush=True))
     # absolute and normalized: `.` or `out/..` has a name and a parent to put the temporary beside
@@ -522,21 +526,25 @@ def expand_checkpoint(source: str | os.PathLike, destination: str | os.PathLike,
     small, left_out = _small_files(checkpoint)
     needed = int((output_bytes + sum(_size_of(f) for f in small)) * DISK_MARGIN)
     free = shutil.disk_usage(_existing(destination.parent)).free
-    if free < needed and not dry_run:
-        raise CheckpointError(f"{destination.parent} has {_bytes(free)} free, the expanded checkpoint needs "
-                              f"{_bytes(needed)}: free some space or choose another destination")
-    if SIXTEEN_BIT_NOISE not in plan.notes and any(
-            t.plan is not None and t.plan.noise_on_copies and t.dtype in (torch.bfloat16, torch.float16)
-            for t in tensors):
-        plan.notes.append(SIXTEEN_BIT_NOISE)  # planned on the meta model, in fp32: the output's dtype decides
-        say(f"lemon: note: {SIXTEEN_BIT_NOISE}")
-    manifest = _manifest(plan, checkpoint, tensors, names, shards, dtype, __version__)
+    if free < needed:
+        too_little = CheckpointError(f"{destination.parent} has {_bytes(free)} free, the expanded checkpoint needs "
+                                     f"{_bytes(needed)}: free some space or choose another destination")
+        if not dry_run:
+            raise too_little
+        refusal = refusal or str(too_little)
+    if SIXTEEN_BIT_ROUNDING not in plan.notes and inexact_in_16_bits(
+            t.plan for t in tensors if t.plan is not None and t.dtype in (torch.bfloat16, torch.float16)):
+        plan.notes.append(SIXTEEN_BIT_ROUNDING)  # planned on the meta model, in fp32: the output's dtype decides
+        say(f"lemon: note: {SIXTEEN_BIT_ROUNDING}")
+    manifest = _manifest(plan, checkpoint, tensors, names, shards, dtype, __version__,
+                         _earlier_layer_maps(checkpoint, plan.layers, say))
     note = _left_out_text(checkpoint, left_out)
     if note is not None:
         say(note)
     if dry_run:
         say(_dry_run_text(plan, checkpoint, tensors, shards, run, device, block_bytes, free, needed, refusal))
-        return ExpansionResult(destination, manifest, len(tensors), output_bytes, len(shards), 0.0, True, None)
+        return ExpansionResult(destination, manifest, len(tensors), output_bytes, len(shards), 0.0, True, None,
+                               refusal)
 
     start = time.perf_counter()
     try:
@@ -710,7 +718,8 @@ def _ranges(mask: torch.Tensor) -> list[list[int]]:
     return [[edges[i], edges[i + 1]] for i in range(0, len(edges), 2)]
 
 
-def _manifest(plan, checkpoint: SourceCheckpoint, tensors, names, shards, dtype, version: str) -> dict:
+def _manifest(plan, checkpoint: SourceCheckpoint, tensors, names, shards, dtype, version: str,
+              earlier: list[dict]) -> dict:
     """lemon_expansion.json: what was expanded how, and which elements of each tensor are new
     (an element of the 2-D view [rows, columns] is new when its row or its column is; every
     element of an inserted layer is)."""
@@ -740,7 +749,7 @@ def _manifest(plan, checkpoint: SourceCheckpoint, tensors, names, shards, dtype,
         "dtype": None if dtype is None else str(dtype).removeprefix("torch."),
         "layers": [{"target_layer": t, "source_layer": s, "inserted": inserted}
                    for t, (s, inserted) in enumerate(plan.layers)],
-        "earlier_layer_maps": _earlier_layer_maps(checkpoint, plan.layers),
+        "earlier_layer_maps": earlier,
         "tied": plan.tied, "notes": plan.notes,
         "new_elements_rule": "a view element [row, column] is new when its row or its column is in the ranges",
         "tensors": record,
@@ -751,19 +760,30 @@ def _layer_map(manifest_layers) -> list[tuple[int, bool]]:
     return [(entry["source_layer"], entry["inserted"]) for entry in manifest_layers]
 
 
-def _earlier_layer_maps(checkpoint: SourceCheckpoint, layers) -> list[dict]:
+def _earlier_layer_maps(checkpoint: SourceCheckpoint, layers, say) -> list[dict]:
     """When the source is itself an expansion (it has a manifest), the maps from the new layers
     to the models it was expanded from, nearest first: `lemon verify` with any of them as the
-    source then lines up the right layers."""
+    source then lines up the right layers. A source manifest that is unreadable or does not
+    describe the source's layers (edited, or copied from elsewhere) is left out, with a line."""
     from .maps import compose_layers
 
-    before = read_manifest(checkpoint.path)
-    if before is None:
+    try:
+        before = read_manifest(checkpoint.path)
+        if before is None:
+            return []
+        steps = [{"source": before["source"], "layers": before["layers"]}] + list(before.get("earlier_layer_maps", []))
+        n_source = checkpoint.config.num_hidden_layers
+        maps = [(str(step["source"]), _layer_map(step["layers"])) for step in steps]
+        if any(len(m) != n_source or any(s < 0 for s, _ in m) for _, m in maps):
+            raise ValueError
+        return [{"source": source, "layers": [
+            {"target_layer": t, "source_layer": s, "inserted": inserted}
+            for t, (s, inserted) in enumerate(compose_layers(m, layers))]} for source, m in maps]
+    except (CheckpointError, KeyError, TypeError, ValueError, IndexError):
+        say(f"lemon: {checkpoint.path / MANIFEST} does not describe this checkpoint's "
+            f"{checkpoint.config.num_hidden_layers} layers (edited or copied?): the new manifest leaves out the "
+            "maps to the checkpoints before it")
         return []
-    earlier = [{"source": before["source"], "layers": before["layers"]}] + before.get("earlier_layer_maps", [])
-    return [{"source": step["source"], "layers": [
-        {"target_layer": t, "source_layer": s, "inserted": inserted}
-        for t, (s, inserted) in enumerate(compose_layers(_layer_map(step["layers"]), layers))]} for step in earlier]
 
 
 def _names(files: list[Path], most: int = 3) -> str:
@@ -832,8 +852,13 @@ def _verified_layer_map(manifest: dict | None, src: SourceCheckpoint, dst: Sourc
     if manifest is None:
         return None
     n_source, n_target = src.config.num_hidden_layers, dst.config.num_hidden_layers
-    steps = [{"source": manifest.get("source"), "layers": manifest["layers"]}] + manifest.get("earlier_layer_maps", [])
-    found = fitting_layer_map([_layer_map(step["layers"]) for step in steps], n_source, n_target)
+    try:
+        steps = [{"source": manifest.get("source"), "layers": manifest["layers"]}] + list(
+            manifest.get("earlier_layer_maps", []))
+        found = fitting_layer_map([_layer_map(step["layers"]) for step in steps], n_source, n_target)
+    except (KeyError, TypeError, AttributeError):
+        raise CheckpointError(f"{dst.path / MANIFEST} has no readable layer map (\"layers\": a list of "
+                              "{\"source_layer\", \"inserted\"}): the manifest is corrupt; lemon expand writes it") from None
     if found is None:
         raise CheckpointError(f"{dst.path / MANIFEST} says {dst.path} was expanded from {manifest.get('source')}"
                               + "".join(f", expanded from {step['source']}" for step in steps[1:])

@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     direct.add_argument("--no-direct-io", dest="direct_io", action="store_false",
                         help="write through the page cache")
     expand.add_argument("--dry-run", action="store_true",
-                        help="print the plan, the output's size and a time estimate; write nothing")
+                        help="print the plan, the output's size, a time estimate and what the real run would "
+                             "refuse (exit status 2 then); write nothing")
     progress = expand.add_mutually_exclusive_group()
     progress.add_argument("--progress", dest="progress", action="store_true", default=None, help="always show a bar")
     progress.add_argument("--no-progress", dest="progress", action="store_false", help="never show a bar")
@@ -148,22 +149,22 @@ def _checkpoint_command(args) -> int:
 
     try:
         if args.command == "expand":
-            expand_checkpoint(args.source, args.destination, hidden_size=args.hidden_size,
-                              intermediate_size=args.intermediate_size,
-                              num_attention_heads=args.num_attention_heads,
-                              num_key_value_heads=args.num_key_value_heads,
-                              num_hidden_layers=args.num_hidden_layers, layer_positions=args.layer_positions,
-                              seed=args.seed, noise_std=args.noise_std, backend=args.backend, device=args.device,
-                              dtype=args.dtype, max_shard_size=args.max_shard_size, overwrite=args.overwrite,
-                              dry_run=args.dry_run, progress=args.progress,
-                              direct_io=args.direct_io, log=_say_in_flags)
-            return 0
+            result = expand_checkpoint(
+                args.source, args.destination, hidden_size=args.hidden_size, intermediate_size=args.intermediate_size,
+                num_attention_heads=args.num_attention_heads, num_key_value_heads=args.num_key_value_heads,
+                num_hidden_layers=args.num_hidden_layers, layer_positions=args.layer_positions, seed=args.seed,
+                noise_std=args.noise_std, backend=args.backend, device=args.device, dtype=args.dtype,
+                max_shard_size=args.max_shard_size, overwrite=args.overwrite, dry_run=args.dry_run,
+                progress=args.progress, direct_io=args.direct_io,
+                log=lambda text: _say_in_flags(text, (args.source, args.destination)))
+            return 2 if result.refusal else 0  # a dry run as a pre-check: what the real run would refuse fails it
         report, tolerance = verify_checkpoint(args.source, args.destination, tolerance=args.tolerance,
                                               token_ids=args.token_ids, image=args.image)
         return 0 if report.output_relative <= tolerance else 1
     except (CheckpointError, ValueError, TypeError, RuntimeError) as error:  # said in the Python API's keywords
         message = re.sub(r"^lemon(\.\w+)?: ", "", str(error))  # one prefix: the command's
-        print(f"lemon {args.command}: {_as_flags(message)}", file=sys.stderr)
+        print(f"lemon {args.command}: {_as_flags(message, args.command, (args.source, args.destination))}",
+              file=sys.stderr)
         return 2
     except DiskFullError as error:
         print(f"lemon expand: {error.strerror}", file=sys.stderr)
@@ -176,38 +177,50 @@ def _checkpoint_command(args) -> int:
         return 130 if isinstance(stop, KeyboardInterrupt) else 128 + stop.signum
 
 
-# the keywords of expand_checkpoint and verify_checkpoint that are flags of `lemon expand` / `lemon verify`:
-# named alone in a message (distinctive enough to translate as words) ...
-FLAGS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "num_hidden_layers",
-         "layer_positions", "noise_std", "max_shard_size", "token_ids")
-# ... and only when written as keywords (``image=``, ``seed=3``): as words they are plain English
-KEYWORD_FLAGS = FLAGS + ("seed", "image", "tolerance", "dtype", "device", "backend")
-SWITCHES = {"overwrite=True": "--overwrite", "direct_io=True": "--direct-io", "direct_io=False": "--no-direct-io"}
+# Per command, the keywords of expand_checkpoint / verify_checkpoint that are its flags: named alone in a
+# message (distinctive enough to translate as words), only as keywords (``seed=3``, ``image=``: as words
+# they are plain English), and switches. A size named in a verify message is the config's, not a flag.
+SIZES = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "num_hidden_layers")
+FLAGS = {"expand": SIZES + ("layer_positions", "noise_std", "max_shard_size"), "verify": ("token_ids",)}
+KEYWORD_FLAGS = {"expand": FLAGS["expand"] + ("seed", "dtype", "device", "backend"),
+                 "verify": FLAGS["verify"] + ("image", "tolerance")}
+SWITCHES = {"expand": {"overwrite=True": "--overwrite", "direct_io=True": "--direct-io",
+                       "direct_io=False": "--no-direct-io"}, "verify": {}}
+NOT_IN_A_PATH = r"(?<![-\w./])"  # a keyword starts a word, never inside a path or a longer name
 
 
-def _as_flags(message: str) -> str:
-    """A message of lemon's Python API in the command's words: ``hidden_size=1024`` as
+def _as_flags(message: str, command: str = "expand", paths: tuple = ()) -> str:
+    """A message of lemon's Python API in ``lemon COMMAND``'s words: ``hidden_size=1024`` as
     ``--hidden-size 1024``, ``overwrite=True`` as ``--overwrite``, ``image=`` (no value) and a
-    keyword named alone (``hidden_size``) as the flag (``--image``, ``--hidden-size``)."""
+    keyword named alone (``hidden_size``) as the flag (``--image``, ``--hidden-size``). The
+    command's ``paths`` (and any path) are left as they are, whatever names they hold."""
+    import os
+
     def flag(name: str) -> str:
         return "--" + name.replace("_", "-")
 
-    for switch, text in SWITCHES.items():
-        message = re.sub(rf"(?<![-\w.]){re.escape(switch)}(?!\w)", text, message)
-    keywords = "|".join(KEYWORD_FLAGS)
-    message = re.sub(rf"(?<![-\w.])({keywords})=([^\s,;:)]\S*?)(?=[,;:)]?(\s|$))", lambda m: f"{flag(m[1])} {m[2]}", message)
-    message = re.sub(rf"(?<![-\w.])({keywords})=(?=[\s,;:)]|$)", lambda m: flag(m[1]), message)
-    message = re.sub(rf"(?<![-\w.])({'|'.join(FLAGS)})\b", lambda m: flag(m[1]), message)
+    kept = sorted({str(p) for path in paths for p in (path, os.path.abspath(path))}, key=len, reverse=True)
+    for i, path in enumerate(kept):  # out of the way of the patterns below, put back at the end
+        message = message.replace(path, f"\0{i}\0")
+    for switch, text in SWITCHES[command].items():
+        message = re.sub(rf"{NOT_IN_A_PATH}{re.escape(switch)}(?![\w/])", text, message)
+    keywords = "|".join(KEYWORD_FLAGS[command])
+    message = re.sub(rf"{NOT_IN_A_PATH}({keywords})=([^\s,;:)/]\S*?)(?=[,;:)]?(\s|$))",
+                     lambda m: f"{flag(m[1])} {m[2]}", message)
+    message = re.sub(rf"{NOT_IN_A_PATH}({keywords})=(?=[\s,;:)]|$)", lambda m: flag(m[1]), message)
+    message = re.sub(rf"{NOT_IN_A_PATH}({'|'.join(FLAGS[command])})\b(?![/=])", lambda m: flag(m[1]), message)
+    for i, path in enumerate(kept):
+        message = message.replace(f"\0{i}\0", path)
     return message.replace("the keywords --", "the flags --").replace("the keyword --", "the flag --")
 
 
-def _say_in_flags(text: str) -> None:
+def _say_in_flags(text: str, paths: tuple = ()) -> None:
     """expand_checkpoint's lines on stderr, a dry run's refusal in flags (the plan's lines name
     sizes as the config does, and stay so)."""
     from .checkpoint import WOULD_REFUSE
 
     head, marker, refusal = text.partition(WOULD_REFUSE)
-    print(head + marker + _as_flags(refusal) if marker else text, file=sys.stderr, flush=True)
+    print(head + marker + _as_flags(refusal, "expand", paths) if marker else text, file=sys.stderr, flush=True)
 
 
 def info() -> str:

@@ -142,8 +142,9 @@ def compose_layers(earlier: list[tuple[int, bool]], later: list[tuple[int, bool]
 def fitting_layer_map(candidates, n_source: int, n_target: int) -> list[tuple[int, bool]] | None:
     """The first of ``candidates`` (layer maps, nearest source first) that maps ``n_target``
     layers onto all of ``n_source``: the map to the model at hand among an expansion's
-    ancestors. Two that fit are the same map (same layer counts: the step between is identity)."""
+    ancestors. Two that fit are the same map (same layer counts: the step between is identity).
+    Equal counts with none that fits (a model against a copy of itself): layer to layer."""
     for layer_map in candidates:
         if len(layer_map) == n_target and sorted({s for s, _ in layer_map}) == list(range(n_source)):
             return [(int(s), bool(inserted)) for s, inserted in layer_map]
-    return None
+    return [(t, False) for t in range(n_target)] if n_source == n_target else None

@@ -14,7 +14,7 @@ from .backends import executor
 from .plan import ExpansionPlan, execute
 from .progress import check_progress, elements_written, show_progress
 from .caller import stacklevel_outside_lemon
-from .rules import SIXTEEN_BIT_NOISE, plan_expansion
+from .rules import SIXTEEN_BIT_ROUNDING, plan_expansion
 
 
 def expand_plan(model: torch.nn.Module, *, hidden_size: int | None = None,
@@ -119,8 +119,8 @@ def build(model: torch.nn.Module, plan: ExpansionPlan, backend: str = "auto",
                          f"or offloaded), e.g. {meta[0]}, and the others hold values: lemon would expand them to "
                          "shapes without values. Load every weight (no offloading), or build the whole model on "
                          "the meta device to look at the expanded shapes")
-    if SIXTEEN_BIT_NOISE in plan.notes:
-        warnings.warn(f"lemon: {SIXTEEN_BIT_NOISE}", stacklevel=stacklevel_outside_lemon())
+    if SIXTEEN_BIT_ROUNDING in plan.notes:
+        warnings.warn(f"lemon: {SIXTEEN_BIT_ROUNDING}", stacklevel=stacklevel_outside_lemon())
     runs = {device: executor(backend, device) for device in devices}  # a model split across devices: one each
     target = plan.meta_target()
     modules = dict(target.named_modules(remove_duplicate=False))  # owner lookups: one walk, not one per tensor

@@ -223,21 +223,37 @@ class TensorPlan:
         return self.noise_axis is not None and self.noise_std != 0.0
 
     @cached_property
-    def noise_on_copies(self) -> bool:
-        """Whether zero-sum noise lands on copies of source values (W/k plus or minus a
-        perturbation) that the model's function depends on: stored in 16 bits, each copy is then
-        rounded on its own and the noise no longer cancels exactly. Free weights and groups of
-        one stay exact, and so does all of an inserted layer: it adds exactly 0 to the stream
-        whatever its weights compute (cancel-zero writers, d and -d on units that compute the same
-        bits, or sublayer norms of gain 0)."""
-        if not self.has_noise or self.inserted:
+    def inexact_in_16_bits(self) -> bool:
+        """Whether some value of this plan, stored in 16 bits, is not what the function needs:
+        noisy copies (W/k plus or minus a perturbation, each rounded on its own, so the
+        zero-sum noise no longer cancels), means (LEMON's average expansion), scales that are
+        not powers of two (eta for non-multiple widths, 1/k for k copies, Gemma's embedding
+        scale) and any scale of a gain stored with an offset. Copies, powers of two, 0 and 1
+        are exact, and so is all of an inserted layer: it adds exactly 0 to the stream whatever
+        its weights compute (cancel-zero writers, d and -d on units that compute the same bits,
+        or sublayer norms of gain 0)."""
+        if self.inserted:
             return False
-        along = self.axes[self.noise_axis]
-        nxt = along.next_replica
-        copies = (nxt >= 0) & (nxt != torch.arange(len(along)))
-        if along.scale is not None:
-            copies &= along.scale != 0
-        return bool(copies.any())
+        if self.has_noise:
+            along = self.axes[self.noise_axis]
+            nxt = along.next_replica
+            copies = (nxt >= 0) & (nxt != torch.arange(len(along)))
+            if along.scale is not None:
+                copies &= along.scale != 0
+            if bool(copies.any()):
+                return True
+        for axis in self.axes:
+            if axis.has_mean:
+                return True
+            if axis.scale is None:
+                continue
+            scale = axis.scale[axis.source != ZERO]
+            if self.offset and bool((scale != 1).any()):
+                return True
+            mantissa, _ = torch.frexp(scale[scale != 0])
+            if bool((mantissa.abs() != 0.5).any()):
+                return True
+        return False
 
     @property
     def output_shape(self) -> tuple[int, ...]:

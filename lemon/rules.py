@@ -251,17 +251,20 @@ def target_config(family: Family, config, source: Sizes, target: Sizes, layers):
     return cfg
 
 
-# zero-sum noise is exact in real numbers; stored in 16 bits, each replica is rounded on its own
-SIXTEEN_BIT_NOISE = ("16-bit weights with noise: each noisy replica is rounded to 16 bits on its own, so the "
-                     "zero-sum noise no longer cancels exactly (GPT-2-small x2 in bf16: 2.4e-2 relative on the "
-                     "logits, 7.7e-7 without noise). To stay exact with noise, expand a float32 copy "
-                     "(model.float(); lemon expand --dtype float32): mixed-precision training keeps fp32 weights anyway.")
+# what rounding each new weight to 16 bits costs, and how to keep exactness
+SIXTEEN_BIT_ROUNDING = ("16-bit weights: this expansion writes values that 16 bits cannot hold exactly (replicas "
+                        "with symmetry-breaking noise, each rounded on its own so that the zero-sum noise no longer "
+                        "cancels; weights scaled by factors other than powers of two, as non-multiple widths need), "
+                        "so the expanded model matches to 16-bit precision only (GPT-2-small x2 in bf16: 2.4e-2 "
+                        "relative on the logits with noise, 7.7e-7 without). To stay exact, expand a float32 copy "
+                        "(model.float(); lemon expand --dtype float32): mixed-precision training keeps fp32 weights "
+                        "anyway.")
 
 
-def noise_on_copies(tensors: dict[str, TensorPlan]) -> bool:
-    """Whether 16-bit outputs of these plans would lose exactness to the noise (SIXTEEN_BIT_NOISE):
-    widening splits weights into noisy copies; deepening alone adds cancel-zero writers, exact."""
-    return any(plan.noise_on_copies for plan in tensors.values())
+def inexact_in_16_bits(tensors) -> bool:
+    """Whether 16-bit outputs of these plans lose exactness (SIXTEEN_BIT_ROUNDING): noisy or
+    scaled copies do; plain copies, power-of-two scales and inserted layers do not."""
+    return any(plan.inexact_in_16_bits for plan in tensors)
 
 
 @one_thread()  # bookkeeping on small tensors: see lemon/serial.py
@@ -347,8 +350,9 @@ def plan_expansion(model: torch.nn.Module, *, hidden_size=None, intermediate_siz
 
     skeleton = check_target_parameters(model, new_config, tensors, tied)
     notes = list(family.notes)
-    if any(p.dtype in (torch.bfloat16, torch.float16) for p in params.values()) and noise_on_copies(tensors):
-        notes.append(SIXTEEN_BIT_NOISE)
+    if any(p.dtype in (torch.bfloat16, torch.float16) for p in params.values()) and inexact_in_16_bits(
+            tensors.values()):
+        notes.append(SIXTEEN_BIT_ROUNDING)
     return ExpansionPlan(
         family=family.name, source_sizes=source.as_dict(), target_sizes=target.as_dict(),
         config=new_config, tensors=tensors,

@@ -89,16 +89,18 @@ SIXTEEN_BITS = (torch.bfloat16, torch.float16)
 def _in_float32(model: torch.nn.Module, enabled: bool = True):
     """The model's 16-bit parameters and buffers in float32 for the block, then back in place:
     float32 holds every 16-bit value, so the round trip gives the same bits, and the parameter
-    objects (ties, an optimizer's references) stay the same."""
+    objects (ties, an optimizer's references) stay the same. Whatever stops it (out of memory
+    halfway through the casts, Ctrl-C), what was cast is cast back."""
     cast = []
-    if enabled:
-        seen = set()
-        for tensor in itertools.chain(model.parameters(), model.buffers()):
-            if tensor.dtype in SIXTEEN_BITS and id(tensor) not in seen:
-                seen.add(id(tensor))
-                cast.append((tensor, tensor.dtype))
-                tensor.data = tensor.data.float()
     try:
+        if enabled:
+            seen = set()
+            for tensor in itertools.chain(model.parameters(), model.buffers()):
+                if tensor.dtype in SIXTEEN_BITS and id(tensor) not in seen:
+                    seen.add(id(tensor))
+                    dtype = tensor.dtype
+                    tensor.data = tensor.data.float()
+                    cast.append((tensor, dtype))
         yield model
     finally:
         for tensor, dtype in cast:
@@ -146,7 +148,8 @@ def verify(small: torch.nn.Module, big: torch.nn.Module, inputs: dict | None = N
     ``small`` is the source model, ``big`` its expansion (swapped arguments are refused).
     ``upcast``: 16-bit weights are run in float32 (cast for the run and cast back after, which
     is exact), as ``lemon verify`` loads checkpoints: the report then measures the expansion, not
-    bf16 arithmetic (an exact bf16 expansion run in bf16 differs by ~1e-2). False: as stored.
+    bf16 arithmetic (an exact bf16 expansion run in bf16 differs by ~1e-2). That takes twice the
+    memory of each model while it runs; False runs them as stored.
     ``layers``: per layer of ``big``, its source layer (an index, or (source layer, inserted?) as
     in ``plan.layers``), to line up the hidden states
     (default: the one of ``big.lemon_layer_maps`` that leads back to ``small``: :func:`lemon.expand`
@@ -219,7 +222,8 @@ def _layer_ends(big, small_layers: int, big_layers: int, plan_layers=None) -> li
                              f"{sorted({s for s, _ in plan_layers})}, but the models have {big_layers} and "
                              f"{small_layers} layers: pass the map of this expansion")
     else:
-        candidates = getattr(big, "lemon_layer_maps", None) or []
+        legacy = getattr(big, "lemon_layers", None)  # set by hand, or by an older lemon
+        candidates = getattr(big, "lemon_layer_maps", None) or ([legacy] if legacy else [])
         plan_layers = maps.fitting_layer_map(candidates, small_layers, big_layers)
         if candidates and plan_layers is None:
             sources = sorted({len({s for s, _ in m}) for m in candidates})

@@ -231,6 +231,30 @@ def test_verify_runs_sixteen_bit_models_in_float32_and_gives_them_back_as_they_w
     assert big.lm_head.weight is big.model.embed_tokens.weight
 
 
+def test_verify_gives_a_sixteen_bit_model_back_as_it_was_when_the_cast_fails_halfway(monkeypatch):
+    """E.g. out of memory after some tensors were cast to float32: those are cast back."""
+    from lemon import verification
+
+    small = make_model("llama").to(torch.bfloat16)
+    big = lemon.expand(small, hidden_size=64, progress=False)
+    before = {name: t.clone() for name, t in big.state_dict().items()}
+    calls, to_float = [0], torch.Tensor.float
+
+    def failing_float(tensor, *args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 3:
+            raise torch.OutOfMemoryError("out of memory (a test)")
+        return to_float(tensor, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "float", failing_float)
+    with pytest.raises(torch.OutOfMemoryError):
+        with verification._in_float32(big):
+            pass
+    monkeypatch.undo()
+    assert calls[0] == 3 and all(t.dtype == torch.bfloat16 and torch.equal(t, before[n])
+                                 for n, t in big.state_dict().items())
+
+
 def test_verify_refuses_models_whose_inputs_differ_up_front():
     """A different vocabulary (or image size) is not an expansion: said up front, not reported as
     a failed comparison (or an index error in the embedding)."""
@@ -264,6 +288,7 @@ def test_verify_lines_up_layers_after_expansions_in_a_row():
     three = T.LlamaForCausalLM(T.LlamaConfig(**{**LLAMA_SIZES, "num_hidden_layers": 3}))
     with pytest.raises(ValueError, match="lead back to models of 2 or 4 layers, not the small model's 3"):
         lemon.verify(three, b2)
+    assert lemon.verify(b2, b2).layer_relative == [0.0] * 6  # a model against itself (a reloaded copy): layer to layer
 
 
 def test_verify_takes_a_layer_map_of_indices_or_pairs():
@@ -335,7 +360,7 @@ def test_the_generation_config_carries_over(in_place, tmp_path):
 
 def test_sixteen_bit_noise_is_said_to_cost_exactness_and_plain_copies_stay_exact():
     small = make_model("llama").to(torch.bfloat16)
-    with pytest.warns(UserWarning, match="zero-sum noise no longer cancels exactly") as caught:
+    with pytest.warns(UserWarning, match="zero-sum noise no longer cancels") as caught:
         noisy = lemon.expand(small, hidden_size=64, progress=False)
     assert caught[0].filename == __file__  # it names the user's line
     assert any("16-bit" in note for note in lemon.expand_plan(small, hidden_size=64).notes)
@@ -364,6 +389,26 @@ def test_sixteen_bit_deepening_with_sublayer_norms_is_exact_and_quiet(family):
         warnings.simplefilter("error", UserWarning)
         deeper = lemon.expand(small, num_hidden_layers=4, progress=False)
     assert verify(small.float(), deeper.float()).output_relative <= 1e-5
+
+
+@pytest.mark.parametrize("family,sizes", [
+    ("llama", dict(hidden_size=48)), ("llama", dict(hidden_size=64)), ("llama", dict(hidden_size=96)),
+    ("llama", dict(intermediate_size=192)), ("llama", dict(num_key_value_heads=4)), ("gpt2", dict(hidden_size=48)),
+    ("gpt2", dict(hidden_size=64)), ("vit", dict(hidden_size=48)), ("bert", dict(hidden_size=64)),
+    ("gemma2", dict(hidden_size=64)), ("qwen3", dict(num_attention_heads=8, num_key_value_heads=4)),
+])
+def test_the_sixteen_bit_note_comes_exactly_when_plain_copies_are_not_exact(family, sizes):
+    """Without noise, 16-bit weights stay exact where every value is a copy or a power-of-two
+    scale of one (x2 widths, more KV heads), and not where a scale is another number (eta of a
+    non-multiple width, 1/3 for three copies, Gemma's sqrt(D_S/D_T) embedding scale): the note
+    comes in the second case only."""
+    small = make_model(family).to(torch.bfloat16)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        big = lemon.expand(small, noise_std=0, progress=False, **sizes)
+    noted = any("16-bit weights" in str(w.message) for w in caught)
+    error = lemon.verify(small, big).output_relative
+    assert noted == (error > 1e-5), (noted, error)
 
 
 def test_plans_print_as_one_line_and_expand_plan_takes_expands_arguments():

@@ -165,6 +165,8 @@ def test_verify_lines_up_layers_after_checkpoint_expansions_in_a_row(tmp_path, c
         report, _ = verify_checkpoint(source, dst, log=lambda _: None)
         assert len(report.layer_relative) == load(source).config.num_hidden_layers
         assert max(report.layer_relative) <= 1e-5, report
+    report, _ = verify_checkpoint(dst, dst, log=lambda _: None)  # a checkpoint against itself: layer to layer
+    assert report.output_relative == 0 and len(report.layer_relative) == 6
     other = tmp_path / "other"
     expand_checkpoint(src, other, num_hidden_layers=3, progress=False, log=lambda _: None)
     assert main(["verify", str(other), str(dst)]) == 2
@@ -172,19 +174,26 @@ def test_verify_lines_up_layers_after_checkpoint_expansions_in_a_row(tmp_path, c
     assert message.startswith(f"lemon verify: {dst / 'lemon_expansion.json'} says {dst} was expanded from {mid}, "
                               f"expanded from {src.resolve()}, and none of their layer maps leads back to the 3 "
                               f"layers of {other}"), message
+    manifest = json.loads((mid / "lemon_expansion.json").read_text())  # edited: a map of another model
+    manifest["layers"] = manifest["layers"][:1]
+    (mid / "lemon_expansion.json").write_text(json.dumps(manifest))
+    lines = []
+    expand_checkpoint(mid, tmp_path / "again", num_hidden_layers=6, progress=False, log=lines.append)
+    assert any("does not describe this checkpoint's 4 layers" in line for line in lines), lines
+    assert json.loads((tmp_path / "again" / "lemon_expansion.json").read_text())["earlier_layer_maps"] == []
 
 
 def test_a_sixteen_bit_output_with_noise_is_said_to_cost_exactness(tmp_path):
     src = save("llama", tmp_path / "src", dtype=torch.bfloat16)
     lines = []
     expand_checkpoint(src, tmp_path / "bf16", hidden_size=64, progress=False, log=lines.append)
-    assert any("zero-sum noise no longer cancels exactly" in line for line in lines), lines
+    assert any("zero-sum noise no longer cancels" in line for line in lines), lines
     assert any("16-bit" in note for note in json.loads((tmp_path / "bf16" / "lemon_expansion.json").read_text())["notes"])
     for name, kwargs in (("fp32", dict(dtype="float32", hidden_size=64)), ("copies", dict(noise_std=0, hidden_size=64)),
                          ("deeper", dict(num_hidden_layers=5))):  # cancel-zero writers: exact in 16 bits
         lines = []
         expand_checkpoint(src, tmp_path / name, progress=False, log=lines.append, **kwargs)
-        assert not any("zero-sum noise" in line for line in lines), (name, lines)
+        assert not any("16-bit weights" in line for line in lines), (name, lines)
 
 
 def test_verify_prints_its_report_without_transformers_loading_bars(tmp_path, capfd):
@@ -499,6 +508,19 @@ def test_folders_and_files_with_weights_of_the_source_are_left_out(tmp_path):
                         ".cache/ (hidden folders: version control or download records of the source's files)")
 
 
+def test_a_params_json_is_left_out_only_beside_weights_in_another_layout(tmp_path):
+    """Without other weights beside it, a params.json is the user's (training settings, say)."""
+    src = save("llama", tmp_path / "src")
+    (src / "params.json").write_text('{"lr": 3e-4}')
+    (src / "training").mkdir()
+    (src / "training" / "params.json").write_text('{"lr": 3e-4}')
+    dst = tmp_path / "dst"
+    lines = []
+    expand_checkpoint(src, dst, hidden_size=48, progress=False, log=lines.append)
+    assert (dst / "params.json").is_file() and (dst / "training" / "params.json").is_file()
+    assert not any("left out" in line for line in lines), lines
+
+
 def test_command_line_messages_name_flags_and_sizes_readably(tmp_path, monkeypatch, capsys):
     """`nothing to expand` names the flags, not Python keywords; the dry run gives sizes to three
     figures and leaves out the KV heads of a family without them (GPT-2)."""
@@ -529,9 +551,18 @@ def test_command_line_refusals_are_said_in_flags(tmp_path, capsys):
     src, vit = save("gpt2", tmp_path / "src"), save("vit", tmp_path / "vit")
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("the user's")
+    named = tmp_path / "hidden_size" / "seed=3"  # a path that holds keywords stays as it is
+    named.mkdir(parents=True)
+    (named / "keep.txt").write_text("the user's")
+    big = tmp_path / "big"
+    expand_checkpoint(src, big, hidden_size=64, progress=False, log=lambda _: None)
     cases = [
         (["expand", src, tmp_path / "full", "--hidden-size", "64"], "lemon expand: the destination",
          "pass --overwrite to replace it"),
+        (["expand", src, named, "--hidden-size", "64"], f"lemon expand: the destination {named} is not empty",
+         "pass --overwrite"),
+        (["verify", big, src], "lemon verify: the first argument must be the source",  # sizes, not expand's flags
+         "(hidden_size 32 < 64"),
         (["expand", src, tmp_path / "dst", "--hidden-size", "64", "--max-shard-size", "5XB"],
          "lemon expand: --max-shard-size: cannot read the size '5XB'", ""),
         (["verify", src, src, "--image", tmp_path / "cat.png"], "lemon verify: --image is for vision models",
@@ -548,8 +579,9 @@ def test_command_line_refusals_are_said_in_flags(tmp_path, capsys):
         assert main([str(a) for a in argv]) == 2
         message = capsys.readouterr().err.strip().splitlines()[-1]
         assert message.startswith(start) and fix in message, message
-        if fix:  # (the build hint names LEMON_NO_EXT=1, an environment variable)
-            assert "=" not in message and "_" not in message.replace(str(tmp_path), ""), message
+        if fix and argv[0] == "expand":  # (the build hint names LEMON_NO_EXT=1, an environment variable)
+            assert "=" not in message.replace(str(named), "") and "_" not in message.replace(str(named), "").replace(
+                str(tmp_path), ""), message
     assert (tmp_path / "full" / "keep.txt").read_text() == "the user's" and not (tmp_path / "dst").exists()
 
 
@@ -661,7 +693,7 @@ def test_sizes_are_checked_before_the_destination_and_a_dry_run_says_what_would_
     for dst, refusal in ((full, f"the destination {full} is not empty: pass --overwrite"),
                          (tmp_path / "missing" / "dst", f"the destination's parent {tmp_path / 'missing'} does not exist"),
                          (src / "big", "is inside the source")):
-        assert main(["expand", str(src), str(dst), "--hidden-size", "48", "--dry-run"]) == 0
+        assert main(["expand", str(src), str(dst), "--hidden-size", "48", "--dry-run"]) == 2  # a pre-check fails
         lines = capsys.readouterr().err.splitlines()
         assert lines[-2].startswith("  the real run would refuse: ") and refusal in lines[-2], lines
         assert lines[-1] == "  nothing was written"
