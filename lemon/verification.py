@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .architectures import find_family
 from . import maps
+from .architectures import find_family
 from .spec import check_source_and_expansion
 
 

@@ -181,6 +181,10 @@ def test_verify_lines_up_layers_after_checkpoint_expansions_in_a_row(tmp_path, c
     expand_checkpoint(mid, tmp_path / "again", num_hidden_layers=6, progress=False, log=lines.append)
     assert any("does not describe this checkpoint's 4 layers" in line for line in lines), lines
     assert json.loads((tmp_path / "again" / "lemon_expansion.json").read_text())["earlier_layer_maps"] == []
+    del manifest["layers"]  # and a manifest without a map: refused by name, not a KeyError
+    (mid / "lemon_expansion.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="has no readable layer map"):
+        verify_checkpoint(src, mid, log=lambda _: None)
 
 
 def test_a_sixteen_bit_output_with_noise_is_said_to_cost_exactness(tmp_path):
