@@ -187,6 +187,23 @@ def test_verify_lines_up_layers_after_checkpoint_expansions_in_a_row(tmp_path, c
         verify_checkpoint(src, mid, log=lambda _: None)
 
 
+def test_casting_a_float32_source_to_sixteen_bits_is_said_before_the_work(tmp_path):
+    """--dtype bfloat16 on an fp32 source rounds its weights: verify will show it, so the command
+    says so first (and the manifest keeps the note); a bf16 source cast to bf16 is not rounded."""
+    src = save("llama", tmp_path / "src")
+    lines = []
+    expand_checkpoint(src, tmp_path / "cast", num_hidden_layers=3, dtype="bfloat16", progress=False, log=lines.append)
+    said = [line for line in lines if "rounds the source's float32 weights to 16 bits" in line]
+    assert len(said) == 1 and said[0].startswith("lemon: note: dtype bfloat16"), lines
+    assert said[0].removeprefix("lemon: note: ") in json.loads((tmp_path / "cast" / "lemon_expansion.json").read_text())["notes"]
+    report, tolerance = verify_checkpoint(src, tmp_path / "cast", log=lambda _: None)
+    assert 1e-5 < report.output_relative <= tolerance  # what the note announced, within the 16-bit tolerance
+    bf16 = save("llama", tmp_path / "bf16", dtype=torch.bfloat16)
+    lines = []
+    expand_checkpoint(bf16, tmp_path / "same", num_hidden_layers=3, dtype="bfloat16", progress=False, log=lines.append)
+    assert not any("rounds the source" in line for line in lines), lines
+
+
 def test_a_sixteen_bit_output_with_noise_is_said_to_cost_exactness(tmp_path):
     src = save("llama", tmp_path / "src", dtype=torch.bfloat16)
     lines = []
