@@ -1,5 +1,6 @@
 """The destination of an expanded checkpoint, and writing it so that nothing is lost.
 
+Missing folders above the destination are made (and removed again if the run stops).
 The output is written into a temporary directory beside the destination and renamed into place
 at the end, so an interrupted run leaves no partial checkpoint under the destination, and a
 replaced one is removed only once the new one is complete. Ctrl-C, SIGTERM and SIGHUP remove the
@@ -42,8 +43,10 @@ def check_destination(source: Path, destination: Path, overwrite: bool) -> None:
     if dst.is_dir() and any(dst.iterdir()) and not overwrite:
         raise CheckpointError(f"the destination {destination} is not empty: pass overwrite=True to "
                               "replace it once the new checkpoint is complete, or choose a new directory")
-    if not dst.parent.is_dir():
-        raise CheckpointError(f"the destination's parent {destination.parent} does not exist: create it first")
+    existing = next(p for p in dst.parents if p.exists())  # missing folders above it are made, as save_pretrained does
+    if not existing.is_dir():
+        raise CheckpointError(f"{existing} is a file, so the destination {destination} cannot be made under it: "
+                              "choose another destination")
 
 
 @contextmanager
@@ -53,7 +56,12 @@ def written_beside(destination: Path, overwrite: bool, say):
     temporary directories of killed runs to the same destination are removed first."""
     _remove_stale_temporaries(destination, say)
     with _signals_raised():
-        temporary = Path(tempfile.mkdtemp(prefix=f".{destination.name}.lemon-", dir=destination.parent))
+        made = _make_parents(destination.parent)
+        try:
+            temporary = Path(tempfile.mkdtemp(prefix=f".{destination.name}.lemon-", dir=destination.parent))
+        except BaseException:
+            _remove_if_empty(made)
+            raise
         try:
             _mark_writer(temporary, destination)
             yield temporary
@@ -66,7 +74,24 @@ def written_beside(destination: Path, overwrite: bool, say):
             raise  # the finished expansion stays where the message says
         except BaseException:
             shutil.rmtree(temporary, ignore_errors=True)
+            _remove_if_empty(made)  # folders this run made for the destination go with it
             raise
+
+
+def _make_parents(directory: Path) -> list[Path]:
+    """Make ``directory`` and the missing folders above it; the ones made, outermost first."""
+    missing = [p for p in (directory, *directory.parents) if not p.exists()][::-1]
+    for folder in missing:
+        folder.mkdir(exist_ok=True)
+    return missing
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    for folder in reversed(folders):  # innermost first; one that holds anything stays, and the ones above it
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 @contextmanager

@@ -709,17 +709,39 @@ def test_sizes_are_checked_before_the_destination_and_a_dry_run_says_what_would_
     full = tmp_path / "full"
     full.mkdir()
     (full / "keep.txt").write_text("the user's")
+    (tmp_path / "file.txt").write_text("the user's")
     with pytest.raises(ValueError, match="hidden_size=20 is smaller"):
         expand_checkpoint(src, full, hidden_size=20, progress=False, log=lambda _: None)
     for dst, refusal in ((full, f"the destination {full} is not empty: pass --overwrite"),
-                         (tmp_path / "missing" / "dst", f"the destination's parent {tmp_path / 'missing'} does not exist"),
+                         (tmp_path / "file.txt" / "dst", f"{tmp_path / 'file.txt'} is a file, so the destination"),
                          (src / "big", "is inside the source")):
         assert main(["expand", str(src), str(dst), "--hidden-size", "48", "--dry-run"]) == 2  # a pre-check fails
         lines = capsys.readouterr().err.splitlines()
         assert lines[-2].startswith("  the real run would refuse: ") and refusal in lines[-2], lines
         assert lines[-1] == "  nothing was written"
-    assert [p.name for p in full.iterdir()] == ["keep.txt"] and not (tmp_path / "missing").exists()
+    assert [p.name for p in full.iterdir()] == ["keep.txt"] and (tmp_path / "file.txt").read_text() == "the user's"
     assert sorted(p.name for p in src.iterdir()) == sorted(p.name for p in save("llama", tmp_path / "again").iterdir())
+
+
+def test_missing_folders_above_the_destination_are_made_and_removed_again_if_the_run_stops(tmp_path, monkeypatch):
+    """As save_pretrained does; a run that stops takes the folders it made with it (not the
+    ones that were there)."""
+    src = save("llama", tmp_path / "src")
+    (tmp_path / "runs").mkdir()
+    dst = tmp_path / "runs" / "exp1" / "wide" / "big"
+    assert not expand_checkpoint(src, dst, hidden_size=48, dry_run=True, progress=False, log=lambda _: None).refusal
+    assert not (tmp_path / "runs" / "exp1").exists()  # a dry run makes nothing
+    expand_checkpoint(src, dst, hidden_size=48, progress=False, log=lambda _: None)
+    assert load(dst).config.hidden_size == 48
+    failing = tmp_path / "runs" / "exp2" / "big"
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ckpt, "_write_weights", stop)
+    with pytest.raises(KeyboardInterrupt):
+        expand_checkpoint(src, failing, hidden_size=48, progress=False, log=lambda _: None)
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["exp1"]
 
 
 @pytest.mark.parametrize("where,kwargs,message", [
