@@ -32,8 +32,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .checkpoint_errors import CheckpointError, DiskFullError
-from .destination import check_destination, written_beside
-from .plan import execute
+from .destination import check_destination, nearest_existing, written_beside
+from .plan import SIXTEEN_BITS, execute
 from .output_stream import OutputStream, direct_io_supported
 from .safetensors_stream import FormatError, ShardLayout, TensorEntry, nbytes_of, parse_size, read_header
 from .spec import check_source_and_expansion
@@ -47,7 +47,6 @@ DISK_MARGIN = 1.02  # free space wanted beyond the output's size (the filesystem
 # source's weights, in the source's sizes, so none is copied into the output, nor a folder holding one
 WEIGHT_SUFFIXES = frozenset({".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".ggml", ".h5", ".keras",
                              ".msgpack", ".onnx", ".npz", ".npy", ".tflite", ".pb", ".ot", ".pdparams", ".mlmodel"})
-SIXTEEN_BITS = (torch.bfloat16, torch.float16)
 CAST_TO_16_BITS = ("dtype {dtype} rounds the source's {source} weights to 16 bits before the expansion: the output "
                    "matches the source to 16-bit precision only, and lemon verify, which compares it with the "
                    "source as stored, shows that rounding (GPT-2-small cast to bf16: 4.7e-3 relative on the "
@@ -530,7 +529,7 @@ def expand_checkpoint(source: str | os.PathLike, destination: str | os.PathLike,
     output_bytes = sum(t.nbytes for t in tensors)
     small, left_out = _small_files(checkpoint)
     needed = int((output_bytes + sum(_size_of(f) for f in small)) * DISK_MARGIN)
-    free = shutil.disk_usage(_existing(destination.parent)).free
+    free = shutil.disk_usage(nearest_existing(destination.parent)).free
     if free < needed:
         too_little = CheckpointError(f"{destination.parent} has {_bytes(free)} free, the expanded checkpoint needs "
                                      f"{_bytes(needed)}: free some space or choose another destination")
@@ -538,7 +537,7 @@ def expand_checkpoint(source: str | os.PathLike, destination: str | os.PathLike,
             raise too_little
         refusal = refusal or str(too_little)
     if SIXTEEN_BIT_ROUNDING not in plan.notes and inexact_in_16_bits(
-            t.plan for t in tensors if t.plan is not None and t.dtype in (torch.bfloat16, torch.float16)):
+            t.plan for t in tensors if t.plan is not None and t.dtype in SIXTEEN_BITS):
         plan.notes.append(SIXTEEN_BIT_ROUNDING)  # planned on the meta model, in fp32: the output's dtype decides
         say(f"lemon: note: {SIXTEEN_BIT_ROUNDING}")
     narrowed = sorted({str(entry.dtype).removeprefix("torch.") for _, entry in checkpoint.tensors.values()
@@ -766,8 +765,13 @@ def _manifest(plan, checkpoint: SourceCheckpoint, tensors, names, shards, dtype,
     }
 
 
-def _layer_map(manifest_layers) -> list[tuple[int, bool]]:
-    return [(entry["source_layer"], entry["inserted"]) for entry in manifest_layers]
+def _layer_maps_in(manifest: dict) -> list[tuple[str, list[tuple[int, bool]]]]:
+    """(source checkpoint, layer map) of every step a manifest records, its own first. Raises
+    KeyError or TypeError for a manifest without readable maps."""
+    steps = [{"source": manifest.get("source"), "layers": manifest["layers"]}] + list(
+        manifest.get("earlier_layer_maps", []))
+    return [(str(step["source"]), [(entry["source_layer"], entry["inserted"]) for entry in step["layers"]])
+            for step in steps]
 
 
 def _earlier_layer_maps(checkpoint: SourceCheckpoint, layers, say) -> list[dict]:
@@ -781,9 +785,8 @@ def _earlier_layer_maps(checkpoint: SourceCheckpoint, layers, say) -> list[dict]
         before = read_manifest(checkpoint.path)
         if before is None:
             return []
-        steps = [{"source": before["source"], "layers": before["layers"]}] + list(before.get("earlier_layer_maps", []))
         n_source = checkpoint.config.num_hidden_layers
-        maps = [(str(step["source"]), _layer_map(step["layers"])) for step in steps]
+        maps = _layer_maps_in(before)
         if any(len(m) != n_source or any(s < 0 for s, _ in m) for _, m in maps):
             raise ValueError
         return [{"source": source, "layers": [
@@ -800,13 +803,6 @@ def _names(files: list[Path], most: int = 3) -> str:
     return ", ".join(f.name for f in files[:most]) + (f" and {len(files) - most} more" if len(files) > most else "")
 
 
-def _existing(directory: Path) -> Path:
-    """``directory`` or its nearest existing ancestor: where a dry run measures the free disk."""
-    while not directory.exists() and directory.parent != directory:
-        directory = directory.parent
-    return directory
-
-
 def _dry_run_text(plan, checkpoint, tensors, shards, run, device, block_bytes: int, free: int, needed: int,
                   refusal: str | None = None) -> str:
     """The plan's summary, the output's size, and a time estimate from one block of a real tensor."""
@@ -818,8 +814,7 @@ def _dry_run_text(plan, checkpoint, tensors, shards, run, device, block_bytes: i
     lines = [f"lemon: dry run of {checkpoint.path} ({checkpoint.model_class.__name__}, {plan.family}): {sizes}",
              f"  layers: {len(plan.layers)} ({f'{int(inserted.sum())} inserted at {runs}' if runs else 'none inserted'})",
              f"  {len(tensors)} tensors, {_bytes(source_bytes)} -> {_bytes(output)} in {len(shards)} shard(s); "
-             f"{_bytes(free)} free at the destination, {_bytes(needed)} needed"
-             + ("" if free >= needed else " (NOT ENOUGH: the real run would refuse)")]
+             f"{_bytes(free)} free at the destination, {_bytes(needed)} needed"]
     sample = max((t for t in tensors if t.plan is not None), key=lambda t: t.nbytes, default=None)
     if sample is not None:
         reader = SourceReader(checkpoint)
@@ -863,15 +858,14 @@ def _verified_layer_map(manifest: dict | None, src: SourceCheckpoint, dst: Sourc
         return None
     n_source, n_target = src.config.num_hidden_layers, dst.config.num_hidden_layers
     try:
-        steps = [{"source": manifest.get("source"), "layers": manifest["layers"]}] + list(
-            manifest.get("earlier_layer_maps", []))
-        found = fitting_layer_map([_layer_map(step["layers"]) for step in steps], n_source, n_target)
+        steps = _layer_maps_in(manifest)
+        found = fitting_layer_map([layer_map for _, layer_map in steps], n_source, n_target)
     except (KeyError, TypeError, AttributeError):
         raise CheckpointError(f"{dst.path / MANIFEST} has no readable layer map (\"layers\": a list of "
                               "{\"source_layer\", \"inserted\"}): the manifest is corrupt; lemon expand writes it") from None
     if found is None:
-        raise CheckpointError(f"{dst.path / MANIFEST} says {dst.path} was expanded from {manifest.get('source')}"
-                              + "".join(f", expanded from {step['source']}" for step in steps[1:])
+        raise CheckpointError(f"{dst.path / MANIFEST} says {dst.path} was expanded from {steps[0][0]}"
+                              + "".join(f", expanded from {source}" for source, _ in steps[1:])
                               + f", and none of their layer maps leads back to the {n_source} layers of {src.path}: "
                               "verify against the checkpoint it was expanded from")
     return found

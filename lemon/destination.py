@@ -43,10 +43,15 @@ def check_destination(source: Path, destination: Path, overwrite: bool) -> None:
     if dst.is_dir() and any(dst.iterdir()) and not overwrite:
         raise CheckpointError(f"the destination {destination} is not empty: pass overwrite=True to "
                               "replace it once the new checkpoint is complete, or choose a new directory")
-    existing = next(p for p in dst.parents if p.exists())  # missing folders above it are made, as save_pretrained does
+    existing = nearest_existing(dst.parent)  # missing folders above it are made, as save_pretrained does
     if not existing.is_dir():
         raise CheckpointError(f"{existing} is a file, so the destination {destination} cannot be made under it: "
                               "choose another destination")
+
+
+def nearest_existing(path: Path) -> Path:
+    """``path`` or its nearest ancestor that exists: what the missing folders would be made in."""
+    return next(p for p in (path, *path.parents) if p.exists())
 
 
 @contextmanager

@@ -58,6 +58,7 @@ from functools import cached_property
 import torch
 
 ZERO, MEAN, ONE = -1, -2, -3
+SIXTEEN_BITS = (torch.bfloat16, torch.float16)  # where rounding each value on its own can cost exactness
 SPECIAL_NAMES = {ZERO: "zero", MEAN: "mean", ONE: "one"}
 
 

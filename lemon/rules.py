@@ -59,7 +59,7 @@ from . import maps
 from .architectures import Family, Role, find_family
 from .architectures.base import SPLIT_KINDS
 from .noise import tensor_key
-from .plan import ONE, ZERO, Axis, ExpansionPlan, TensorPlan
+from .plan import ONE, SIXTEEN_BITS, ZERO, Axis, ExpansionPlan, TensorPlan
 from .serial import one_thread
 from .spec import (Sizes, _multiples_near, check_layer_positions, check_noise_std, check_seed, model_sizes,
                    require_growth, resolve)
@@ -350,8 +350,7 @@ def plan_expansion(model: torch.nn.Module, *, hidden_size=None, intermediate_siz
 
     skeleton = check_target_parameters(model, new_config, tensors, tied)
     notes = list(family.notes)
-    if any(p.dtype in (torch.bfloat16, torch.float16) for p in params.values()) and inexact_in_16_bits(
-            tensors.values()):
+    if any(p.dtype in SIXTEEN_BITS for p in params.values()) and inexact_in_16_bits(tensors.values()):
         notes.append(SIXTEEN_BIT_ROUNDING)
     return ExpansionPlan(
         family=family.name, source_sizes=source.as_dict(), target_sizes=target.as_dict(),

@@ -59,11 +59,10 @@ def lr_lambda(scratch_steps: int, *, length: float = DEFAULT_LENGTH, peak: float
     if not (_is_real(final) and 0 <= final <= 1):
         raise ValueError(f"final must be a fraction of the peak in [0, 1], got {final!r}")
     warmup = round(total * DEFAULT_WARMUP_FRACTION) if warmup_steps is None else warmup_steps
-    length, peak, final = (float(x) if _is_real(x) else x for x in (length, peak, final))  # numpy scalars too
     if not (_is_int(warmup) and 0 <= warmup < total):
         raise ValueError(f"warmup_steps must be an integer in [0, {total}) (the LEMON schedule has {total} "
                          f"steps), got {warmup_steps!r}")
-    warmup = int(warmup)
+    warmup, peak, final = int(warmup), float(peak), float(final)  # numpy scalars as Python numbers
 
     def multiplier(step: int) -> float:
         if step < warmup:

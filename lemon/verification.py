@@ -10,6 +10,7 @@ import torch
 
 from . import maps
 from .architectures import find_family
+from .plan import SIXTEEN_BITS
 from .spec import check_source_and_expansion
 
 
@@ -79,9 +80,6 @@ def _layer_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
         if match is not None and match.end() == len(name) + 1:
             layers[int(match.group(1))] = module
     return [layers[i] for i in sorted(layers)]
-
-
-SIXTEEN_BITS = (torch.bfloat16, torch.float16)
 
 
 @contextmanager
